@@ -1,0 +1,171 @@
+"""The MLP builder shared by the RL and the supervised side, and hidden-layer discovery.
+
+Interventions and metrics never need to know how a network was built: :func:`hidden_layers`
+finds every hidden unit group as (incoming linear, activation, outgoing linear) in forward
+order, for an :class:`MLP` and for any network that lists its modules in forward order
+(``nn.Sequential``, an SB3 policy's ``mlp_extractor`` + head, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+
+from plasticity_rl.nn.activations import ActivationSpec, make_activation
+from plasticity_rl.nn.layers import make_linear
+from plasticity_rl.registry import require
+
+WEIGHT_NORM_OPTIONS = ("none", "first", "all")
+
+
+@dataclass
+class MLPConfig:
+    """Plain-data description of an MLP; ``build_mlp(in_dim, out_dim=..., **asdict(cfg))``."""
+
+    hidden_sizes: list[int] = field(default_factory=lambda: [256, 256])
+    """Width of each hidden layer."""
+    activation: Any = "relu"
+    """Activation name or ``{name: ..., **kwargs}`` from the activation registry."""
+    init: str = "default"
+    """Weight init scheme of every layer (see ``plasticity_rl.nn.layers.INIT_SCHEMES``)."""
+    output_init_scale: float = 1.0
+    """Multiplier on the output layer's init weights."""
+    bias: bool = True
+    """Biases in the hidden layers."""
+    output_bias: bool = True
+    """Bias in the output layer."""
+    weight_norm: str = "none"
+    """Fixed-gain (g = 1) weight normalisation: none, first (layer only) or all."""
+    powerprop_alpha: float | None = None
+    """Powerpropagation exponent for every layer; null for plain weights."""
+    sdm: bool = False
+    """SDM constraints on the hidden layers: no bias, normalised inputs, unit non-negative rows."""
+
+
+class MLP(nn.Module):
+    """``output(hidden(x))``: ``hidden`` alternates linear layers and activations.
+
+    ``hidden`` and ``output`` are separate so that a policy can use ``hidden`` as its feature
+    extractor and ``output`` as its head (the SB3 split) while staying one network.
+    """
+
+    def __init__(self, linears: Sequence[nn.Module], activations: Sequence[nn.Module]):
+        super().__init__()
+        require(
+            len(linears) == len(activations) + 1,
+            "mlp layers",
+            f"{len(linears)} linears, {len(activations)} activations",
+            "one more linear layer than activations",
+        )
+        body: list[nn.Module] = []
+        for linear, act in zip(linears[:-1], activations):
+            body += [linear, act]
+        self.hidden = nn.Sequential(*body)
+        self.output = linears[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.output(self.hidden(x))
+
+
+def build_mlp(
+    in_dim: int,
+    hidden_sizes: Sequence[int],
+    out_dim: int,
+    activation: ActivationSpec = "relu",
+    *,
+    init: str = "default",
+    output_init_scale: float = 1.0,
+    bias: bool = True,
+    output_bias: bool = True,
+    weight_norm: str = "none",
+    powerprop_alpha: float | None = None,
+    sdm: bool = False,
+) -> MLP:
+    """Build an MLP ``in_dim -> hidden_sizes... -> out_dim`` from plain config values.
+
+    Every hidden layer gets its own activation instance (sparse activations keep per-layer
+    state). See :class:`MLPConfig` for the meaning of each option.
+
+    Example:
+        >>> net = build_mlp(4, [8, 8], 2, {"name": "leaky_relu", "negative_slope": 0.1})
+        >>> [h.name for h in hidden_layers(net)]
+        ['hidden1', 'hidden2']
+    """
+    require(in_dim >= 1, "mlp.in_dim", in_dim, "an integer >= 1")
+    require(out_dim >= 1, "mlp.out_dim", out_dim, "an integer >= 1")
+    for size in hidden_sizes:
+        require(int(size) >= 1, "mlp.hidden_sizes", list(hidden_sizes), "integers >= 1")
+    require(weight_norm in WEIGHT_NORM_OPTIONS, "mlp.weight_norm", weight_norm, WEIGHT_NORM_OPTIONS)
+    sizes = [in_dim, *map(int, hidden_sizes), out_dim]
+    linears = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        is_output = i == len(sizes) - 2
+        linears.append(
+            make_linear(
+                fan_in,
+                fan_out,
+                bias=output_bias if is_output else bias,
+                init=init,
+                init_scale=output_init_scale if is_output else 1.0,
+                weight_norm=weight_norm == "all" or (weight_norm == "first" and i == 0),
+                powerprop_alpha=powerprop_alpha,
+                sdm=sdm and not is_output,
+            )
+        )
+    activations = [make_activation(activation) for _ in hidden_sizes]
+    return MLP(linears, activations)
+
+
+@dataclass(frozen=True)
+class HiddenLayer:
+    """One group of hidden units: h = activation(incoming(x)), consumed by ``outgoing``.
+
+    Unit j of the group is row j of ``incoming.weight`` (and ``incoming.bias[j]``) and
+    column j of ``outgoing.weight``.
+    """
+
+    name: str
+    incoming: nn.Linear
+    activation: nn.Module
+    outgoing: nn.Linear
+
+    @property
+    def width(self) -> int:
+        return self.incoming.out_features
+
+
+def _forward_order_leaves(module: nn.Module) -> Iterator[nn.Module]:
+    """Leaf modules in registration order; a ``Linear`` counts as a leaf (parametrizations too)."""
+    children = list(module.children())
+    if isinstance(module, nn.Linear) or not children:
+        yield module
+        return
+    for child in children:
+        yield from _forward_order_leaves(child)
+
+
+def hidden_layers(model: nn.Module | Sequence[nn.Module]) -> list[HiddenLayer]:
+    """Every hidden layer of ``model`` as (incoming, activation, outgoing), in forward order.
+
+    Modules are read in registration order: each ``Linear`` followed by a parameter-free
+    activation module and then another ``Linear`` forms a hidden layer. A list of modules is
+    read in the given order (e.g. ``[policy.mlp_extractor.policy_net, policy.action_net]``).
+    """
+    roots = list(model) if isinstance(model, Sequence) else [model]
+    found: list[HiddenLayer] = []
+    incoming: nn.Linear | None = None
+    activation: nn.Module | None = None
+    for root in roots:
+        for leaf in _forward_order_leaves(root):
+            if isinstance(leaf, nn.Linear):
+                if incoming is not None and activation is not None:
+                    found.append(
+                        HiddenLayer(f"hidden{len(found) + 1}", incoming, activation, leaf)
+                    )
+                incoming, activation = leaf, None
+            elif incoming is not None and next(leaf.parameters(), None) is None:
+                activation = leaf
+    return found
