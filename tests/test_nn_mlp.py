@@ -1,0 +1,57 @@
+"""The MLP builder and hidden-layer discovery."""
+
+import pytest
+import torch
+from torch import nn
+
+from plasticity_rl.nn import MLPConfig, SDMLinear, UnitNormRows, build_mlp, hidden_layers
+from plasticity_rl.registry import ConfigError
+
+
+def test_build_mlp_shapes_and_per_layer_options():
+    net = build_mlp(
+        5, [7, 6], 3, "tanh", init="lecun_uniform", output_bias=False, weight_norm="first"
+    )
+    assert net(torch.randn(2, 4, 5)).shape == (2, 4, 3)
+    layers = hidden_layers(net)
+    assert [(h.name, h.width) for h in layers] == [("hidden1", 7), ("hidden2", 6)]
+    assert layers[0].outgoing is layers[1].incoming and layers[1].outgoing is net.output
+    assert isinstance(layers[0].incoming.parametrizations.weight[0], UnitNormRows)
+    assert not hasattr(layers[1].incoming, "parametrizations")
+    assert net.output.bias is None and layers[1].incoming.bias is not None
+    assert all(isinstance(h.activation, nn.Tanh) for h in layers)
+    assert layers[0].activation is not layers[1].activation  # one instance per layer
+
+
+def test_sdm_applies_to_hidden_layers_only():
+    net = build_mlp(4, [8], 2, "relu", sdm=True, output_bias=False)
+    assert isinstance(net.hidden[0], SDMLinear)
+    assert type(net.output) is nn.Linear
+
+
+def test_config_dataclass_round_trips_into_the_builder():
+    from dataclasses import asdict
+
+    net = build_mlp(3, out_dim=2, **asdict(MLPConfig(hidden_sizes=[4, 4], activation="elu")))
+    assert len(hidden_layers(net)) == 2
+
+
+def test_hidden_layers_of_plain_sequential_and_of_a_list_of_modules():
+    seq = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 1))
+    assert [h.width for h in hidden_layers(seq)] == [4, 5]
+    # an SB3-style split: feature extractor then head, read as one network
+    body = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    head = nn.Linear(4, 2)
+    (layer,) = hidden_layers([body, head])
+    assert layer.incoming is body[0] and layer.outgoing is head
+    # two separate networks side by side do not form a spurious layer across them
+    assert len(hidden_layers([seq, nn.Sequential(nn.Linear(1, 2))])) == 2
+
+
+def test_bad_builder_values_name_the_key():
+    with pytest.raises(ConfigError, match=r"mlp.weight_norm: got 'last'"):
+        build_mlp(3, [4], 2, weight_norm="last")
+    with pytest.raises(ConfigError, match=r"mlp.hidden_sizes"):
+        build_mlp(3, [4, 0], 2)
+    with pytest.raises(ConfigError, match=r"activation: got 'relux'"):
+        build_mlp(3, [4], 2, "relux")
