@@ -100,9 +100,7 @@ class Registry(Generic[T]):
         if allowed is not None:
             for key in kwargs:
                 if key not in allowed:
-                    raise ConfigError(
-                        f"{self.kind}.{label} key", key, sorted(allowed) or "no keys"
-                    )
+                    raise ConfigError(f"{self.kind}.{label} key", key, sorted(allowed) or "no keys")
         return factory(**kwargs)
 
 

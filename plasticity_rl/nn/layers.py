@@ -133,7 +133,7 @@ def set_weight(layer: nn.Linear, index: Tensor, values: Tensor, dim: int) -> Non
 
 
 class UnitNormRows(nn.Module):
-    """Weight normalisation with a fixed gain g = 1: w_i = v_i / ||v_i||_2 (Salimans & Kingma 2016)."""
+    """Weight norm with fixed gain g = 1: w_i = v_i / ||v_i||_2 (Salimans & Kingma 2016)."""
 
     def forward(self, v: Tensor) -> Tensor:
         return v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)

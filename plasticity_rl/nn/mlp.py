@@ -61,7 +61,7 @@ class MLP(nn.Module):
             "one more linear layer than activations",
         )
         body: list[nn.Module] = []
-        for linear, act in zip(linears[:-1], activations):
+        for linear, act in zip(linears[:-1], activations, strict=True):
             body += [linear, act]
         self.hidden = nn.Sequential(*body)
         self.output = linears[-1]
@@ -101,7 +101,7 @@ def build_mlp(
     require(weight_norm in WEIGHT_NORM_OPTIONS, "mlp.weight_norm", weight_norm, WEIGHT_NORM_OPTIONS)
     sizes = [in_dim, *map(int, hidden_sizes), out_dim]
     linears = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         is_output = i == len(sizes) - 2
         linears.append(
             make_linear(
@@ -162,9 +162,7 @@ def hidden_layers(model: nn.Module | Sequence[nn.Module]) -> list[HiddenLayer]:
         for leaf in _forward_order_leaves(root):
             if isinstance(leaf, nn.Linear):
                 if incoming is not None and activation is not None:
-                    found.append(
-                        HiddenLayer(f"hidden{len(found) + 1}", incoming, activation, leaf)
-                    )
+                    found.append(HiddenLayer(f"hidden{len(found) + 1}", incoming, activation, leaf))
                 incoming, activation = leaf, None
             elif incoming is not None and next(leaf.parameters(), None) is None:
                 activation = leaf

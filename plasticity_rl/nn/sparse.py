@@ -1,0 +1,300 @@
+"""Sparse activations: Top-K (with k annealing and the GABA switch), ASH, Hard ASH, LWTA.
+
+Every activation acts on the pre-activation vector of one sample over the units of a layer,
+which is the LAST dimension of its input; any leading batch shape works (``(units,)``,
+``(B, units)``, ``(T, B, units)``). They register themselves in
+:data:`plasticity_rl.nn.activations.ACTIVATIONS`:
+
+    >>> from plasticity_rl.nn.activations import make_activation
+    >>> make_activation({"name": "topk", "k": 2})
+    TopK(k=2, mode=subtract)
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from plasticity_rl.nn.activations import ACTIVATIONS
+from plasticity_rl.registry import require
+
+TOPK_MODES = ("subtract", "mask")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _size_gaba_counts(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook: give unsized (lazy) GABA counters the saved width."""
+    saved = state_dict.get(prefix + "gaba_counts")
+    if saved is not None and module.gaba_counts.numel() == 0:
+        module.gaba_counts = torch.zeros_like(saved, device=module.gaba_counts.device)
+
+
+@ACTIVATIONS.register("topk")
+class TopK(nn.Module):
+    """Top-K activation: only the k largest pre-activations of each sample stay non-zero.
+
+    With x_(i) the i-th largest value of a sample (over the last dimension):
+
+    - ``mode="mask"``: ``x_j if x_j >= x_(k) else 0``. Ties at the threshold: every unit equal
+      to x_(k) is kept, so more than k units can stay non-zero.
+    - ``mode="subtract"``: ``relu(x_j - x_(k+1))`` with x_(k+1) detached (no gradient flows
+      through the threshold). Subtracting the (k+1)-th largest value, as the code of Bricken et
+      al. 2023 ("Sparse Distributed Memory is a Continual Learner") does, leaves exactly k
+      non-zero units when there are no ties; subtracting x_(k) would leave k - 1 (none for
+      k = 1). Units tied with x_(k+1) output 0, so ties there give fewer than k non-zero units.
+      If k equals the layer width the threshold is 0, i.e. ``relu(x)``.
+
+    k annealing (``k_max`` and ``anneal_steps``): the k in use (:attr:`current_k`) goes linearly
+    from ``k_max`` down to ``k`` over ``anneal_steps`` training batches, where one training
+    batch is one forward pass in training mode (a network called several times per optimiser
+    step advances the schedule several times). It is rounded to the nearest integer, halves up,
+    and equals ``k`` from then on. Eval-mode forwards use the current k and do not advance it.
+
+    GABA switch (Bricken et al. 2023; subtract mode only), with ``gaba_switch_T = T``: unit j
+    counts c_j, the number of training samples in which it was a winner (x_j >= x_(k), the
+    units the mask mode keeps: with no ties, the k largest). Its output is
+    ``relu(x_j - g_j * x_(k+1))`` with ``g_j = clamp(-1 + 2 c_j / T, -1, 1)``: a unit starts
+    excitatory (g = -1, ``relu(x_j + x_(k+1))``) and turns into a plain Top-K unit (g = +1)
+    after T activations. The counters move only in training mode, after the output is computed.
+
+    Both counters are buffers (in ``state_dict`` and checkpoints). Without ``width`` the GABA
+    counters are sized at the first forward pass; loading a state dict into a fresh module sizes
+    them from the saved tensor.
+
+    Args:
+        k: number of active units per sample (the final k when annealing).
+        mode: ``"subtract"`` or ``"mask"`` (see above).
+        k_max: k at the start of annealing (>= k); requires ``anneal_steps >= 1``.
+        anneal_steps: training batches over which k goes from ``k_max`` to ``k``.
+        gaba_switch_T: activations (winning samples) after which a unit becomes inhibitory.
+        width: layer width; optional, sizes the GABA counters up front and is checked at forward.
+    """
+
+    def __init__(
+        self,
+        k: int,
+        mode: str = "subtract",
+        k_max: int | None = None,
+        anneal_steps: int = 0,
+        gaba_switch_T: float | None = None,
+        width: int | None = None,
+    ):
+        super().__init__()
+        require(_is_int(k) and k >= 1, "topk.k", k, "an integer >= 1 (and <= layer width)")
+        require(mode in TOPK_MODES, "topk.mode", mode, TOPK_MODES)
+        require(
+            _is_int(anneal_steps) and anneal_steps >= 0,
+            "topk.anneal_steps",
+            anneal_steps,
+            "an integer >= 0",
+        )
+        if k_max is not None:
+            require(
+                _is_int(k_max) and k_max >= k,
+                "topk.k_max",
+                k_max,
+                f"null or an integer >= k ({k}) (and <= layer width)",
+            )
+            require(
+                anneal_steps >= 1, "topk.anneal_steps", anneal_steps, "an integer >= 1 with k_max"
+            )
+        else:
+            require(
+                anneal_steps == 0,
+                "topk.anneal_steps",
+                anneal_steps,
+                "0 unless k_max is set (k_max gives the k annealing starts from)",
+            )
+        if gaba_switch_T is not None:
+            require(
+                _is_real(gaba_switch_T) and gaba_switch_T > 0,
+                "topk.gaba_switch_T",
+                gaba_switch_T,
+                "null or a number > 0",
+            )
+            require(mode == "subtract", "topk.mode", mode, "subtract (with gaba_switch_T)")
+        if width is not None:
+            require(
+                _is_int(width) and width >= max(k, k_max or k),
+                "topk.width",
+                width,
+                f"null or an integer >= k_max and k ({max(k, k_max or k)})",
+            )
+        self.k = int(k)
+        self.mode = mode
+        self.k_max = None if k_max is None else int(k_max)
+        self.anneal_steps = int(anneal_steps)
+        self.gaba_switch_T = None if gaba_switch_T is None else float(gaba_switch_T)
+        self.width = None if width is None else int(width)
+        if self.k_max is not None:
+            # Training-mode forward passes (= training batches) seen so far.
+            self.register_buffer("training_forwards", torch.zeros((), dtype=torch.long))
+        if self.gaba_switch_T is not None:
+            # c_j: training samples in which unit j was a winner; empty until the width is known.
+            self.register_buffer("gaba_counts", torch.zeros(self.width or 0, dtype=torch.long))
+            self.register_load_state_dict_pre_hook(_size_gaba_counts)
+
+    @property
+    def current_k(self) -> int:
+        """The k in use now: annealed from ``k_max`` to ``k``, or ``k`` without annealing."""
+        if self.k_max is None:
+            return self.k
+        fraction = min(int(self.training_forwards), self.anneal_steps) / self.anneal_steps
+        return math.floor(self.k_max - (self.k_max - self.k) * fraction + 0.5)
+
+    def gaba_gain(self) -> Tensor:
+        """g_j = clamp(-1 + 2 c_j / T, -1, 1) for every unit (empty before the first forward)."""
+        return (2.0 * self.gaba_counts / self.gaba_switch_T - 1.0).clamp(-1.0, 1.0)
+
+    def _check_width(self, width: int) -> None:
+        require(self.k <= width, "topk.k", self.k, f"an integer >= 1 and <= layer width ({width})")
+        if self.k_max is not None:
+            require(
+                self.k_max <= width,
+                "topk.k_max",
+                self.k_max,
+                f"an integer >= k and <= layer width ({width})",
+            )
+        known = self.width
+        if self.gaba_switch_T is not None and self.gaba_counts.numel() > 0:
+            known = self.gaba_counts.numel()  # the width the GABA counters were sized for
+        if known is not None:
+            require(known == width, "topk.width", known, f"the layer width ({width})")
+
+    def forward(self, x: Tensor) -> Tensor:
+        width = x.shape[-1]
+        self._check_width(width)
+        k = self.current_k
+        # The k (+1 if it exists) largest values of each sample, largest first; no gradient.
+        top = x.detach().topk(min(k + 1, width), dim=-1).values
+        winners = x.detach() >= top[..., k - 1 : k]
+        if self.mode == "mask":
+            out = x * winners
+        else:
+            threshold = top[..., k : k + 1] if k < width else torch.zeros_like(top[..., :1])
+            if self.gaba_switch_T is not None:
+                if self.gaba_counts.numel() == 0:
+                    self.gaba_counts = torch.zeros(width, dtype=torch.long, device=x.device)
+                threshold = self.gaba_gain().to(x.dtype) * threshold
+            out = F.relu(x - threshold)
+        if self.training:
+            with torch.no_grad():
+                if self.gaba_switch_T is not None:
+                    self.gaba_counts += winners.reshape(-1, width).sum(0)
+                if self.k_max is not None:
+                    self.training_forwards += 1
+        return out
+
+    def extra_repr(self) -> str:
+        parts = [f"k={self.k}", f"mode={self.mode}"]
+        if self.k_max is not None:
+            parts += [f"k_max={self.k_max}", f"anneal_steps={self.anneal_steps}"]
+        if self.gaba_switch_T is not None:
+            parts.append(f"gaba_switch_T={self.gaba_switch_T:g}")
+        if self.width is not None:
+            parts.append(f"width={self.width}")
+        return ", ".join(parts)
+
+
+def ash_gate_input(x: Tensor, alpha: float, z_k: float) -> Tensor:
+    """alpha * (x - mu - z_k * sigma), mu and sigma the mean and population std of each sample.
+
+    The statistics are over the last dimension (the layer's units); sigma uses the population
+    std (``correction=0``, i.e. divided by the width, not width - 1), as in Lee et al. 2022.
+    """
+    mean = x.mean(dim=-1, keepdim=True)
+    std = x.std(dim=-1, correction=0, keepdim=True)
+    return alpha * (x - mean - z_k * std)
+
+
+def _check_ash_args(name: str, alpha: float, z_k: float) -> None:
+    require(_is_real(alpha) and alpha > 0, f"{name}.alpha", alpha, "a number > 0")
+    require(_is_real(z_k), f"{name}.z_k", z_k, "a finite number")
+
+
+@ACTIVATIONS.register("ash")
+class ASH(nn.Module):
+    """Adaptive SwisH: ``x * sigmoid(alpha * (x - mu - z_k * sigma))``.
+
+    Lee et al. 2022, "Stochastic Adaptive Activation Function" (NeurIPS). mu and sigma are the
+    mean and population std of the sample over the layer's units (:func:`ash_gate_input`); with
+    Gaussian pre-activations ``z_k = 2.3`` lets roughly the top 1% of units through. z_k is a
+    fixed setting here, not a trained parameter.
+    """
+
+    def __init__(self, alpha: float = 3.0, z_k: float = 2.3):
+        super().__init__()
+        _check_ash_args("ash", alpha, z_k)
+        self.alpha, self.z_k = float(alpha), float(z_k)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(ash_gate_input(x, self.alpha, self.z_k))
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha:g}, z_k={self.z_k:g}"
+
+
+@ACTIVATIONS.register("hard_ash")
+class HardASH(nn.Module):
+    """Hard ASH: ``clip(x, 0, x_max) * hard_sigmoid(alpha * (x - mu - z_k * sigma))``.
+
+    Keskinen 2024 ("Hard ASH"); ``hard_sigmoid(u) = clip(u + 3, 0, 6) / 6`` and mu, sigma as in
+    :class:`ASH` (population std over the layer's units).
+    """
+
+    def __init__(self, alpha: float = 3.0, z_k: float = 2.3, x_max: float = 2.0):
+        super().__init__()
+        _check_ash_args("hard_ash", alpha, z_k)
+        require(_is_real(x_max) and x_max > 0, "hard_ash.x_max", x_max, "a number > 0")
+        self.alpha, self.z_k, self.x_max = float(alpha), float(z_k), float(x_max)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate = F.hardsigmoid(ash_gate_input(x, self.alpha, self.z_k))
+        return x.clamp(0.0, self.x_max) * gate
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha:g}, z_k={self.z_k:g}, x_max={self.x_max:g}"
+
+
+@ACTIVATIONS.register("lwta")
+class LWTA(nn.Module):
+    """Local winner-take-all: in each of ``groups`` contiguous equal groups only the max survives.
+
+    Srivastava et al. 2013, "Compete to Compute". Units ``[i * s, (i + 1) * s)`` form group i
+    (s = width / groups); the largest value of each group passes unchanged, the others become 0,
+    so gradient flows only to the winners. Ties: the first maximal unit of the group wins.
+    """
+
+    def __init__(self, groups: int):
+        super().__init__()
+        require(_is_int(groups) and groups >= 1, "lwta.groups", groups, "an integer >= 1")
+        self.groups = int(groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        width = x.shape[-1]
+        require(
+            width % self.groups == 0,
+            "lwta.groups",
+            self.groups,
+            f"a divisor of the layer width ({width})",
+        )
+        grouped = x.unflatten(-1, (self.groups, width // self.groups))
+        # argmax returns the first maximal index, hence first-max-wins on ties.
+        winner = grouped.detach().argmax(dim=-1, keepdim=True)
+        keep = torch.zeros_like(grouped).scatter_(-1, winner, 1.0)
+        return (grouped * keep).flatten(-2)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"

@@ -1,0 +1,221 @@
+"""Optimiser presets created by name, shared by the RL and the supervised side.
+
+Each preset in :data:`OPTIMIZERS` is a small function with explicit keyword arguments that
+returns an :data:`OptimizerRecipe` ``(optimizer_class, kwargs)``. Both entry points read this one
+table: :func:`make_optimizer` builds the optimiser (and attaches the step hooks),
+:func:`sb3_optimizer_args` hands class and kwargs to stable-baselines3, which builds it itself.
+
+Every preset accepts ``lr`` and ``weight_decay`` (coupled L2: weight_decay * p is added to the
+gradient, as all torch optimisers here do). Default learning rates are torch's own defaults.
+
+Example:
+    >>> import torch
+    >>> net = torch.nn.Linear(3, 2)
+    >>> opt = make_optimizer(net, {"name": "adagrad", "lr": 2e-4,
+    ...                            "initial_accumulator_value": 1e-6, "update_clip": 0.01})
+    >>> type(opt).__name__, len(opt.plasticity_handles)
+    ('Adagrad', 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from plasticity_rl.nn.layers import register_projections
+from plasticity_rl.optim.adam import Adam, check_adam_args
+from plasticity_rl.optim.transforms import clip_updates
+from plasticity_rl.registry import ConfigError, Registry, require, split_spec
+
+OptimizerRecipe = tuple[type[torch.optim.Optimizer], dict[str, Any]]
+"""An optimiser class and the keyword arguments (including ``lr``) to construct it with."""
+
+OPTIMIZERS: Registry[OptimizerRecipe] = Registry("optimizer")
+"""Optimiser presets by name; each returns an :data:`OptimizerRecipe`."""
+
+SpecType = str | Mapping[str, Any]
+
+
+def _check_lr_and_decay(lr: float, weight_decay: float) -> None:
+    require(lr >= 0, "optimizer.lr", lr, "a number >= 0")
+    require(weight_decay >= 0, "optimizer.weight_decay", weight_decay, "a number >= 0")
+
+
+def _check_decay_rate(key: str, value: float) -> None:
+    require(0 <= value < 1, f"optimizer.{key}", value, "a number in [0, 1)")
+
+
+@OPTIMIZERS.register("sgd")
+def sgd(lr: float = 1e-3, weight_decay: float = 0.0) -> OptimizerRecipe:
+    """Plain SGD: p <- p - lr (g + weight_decay p)."""
+    return sgdm(lr=lr, momentum=0.0, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("sgdm")
+def sgdm(lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0) -> OptimizerRecipe:
+    """SGD with heavy-ball momentum (torch.optim.SGD): b <- momentum b + g, p <- p - lr b."""
+    _check_lr_and_decay(lr, weight_decay)
+    _check_decay_rate("momentum", momentum)
+    return torch.optim.SGD, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+
+
+@OPTIMIZERS.register("rmsprop")
+def rmsprop(
+    lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0
+) -> OptimizerRecipe:
+    """RMSprop (Tieleman & Hinton 2012).
+
+    v <- alpha v + (1 - alpha) g^2,  p <- p - lr g / (sqrt(v) + eps).
+    """
+    _check_lr_and_decay(lr, weight_decay)
+    _check_decay_rate("alpha", alpha)
+    require(eps >= 0, "optimizer.eps", eps, "a number >= 0")
+    return torch.optim.RMSprop, {
+        "lr": lr,
+        "alpha": alpha,
+        "eps": eps,
+        "weight_decay": weight_decay,
+    }
+
+
+@OPTIMIZERS.register("adagrad")
+def adagrad(
+    lr: float = 1e-2,
+    initial_accumulator_value: float = 0.0,
+    eps: float = 1e-10,
+    weight_decay: float = 0.0,
+) -> OptimizerRecipe:
+    """Adagrad (Duchi et al. 2011): s <- s + g^2 from s_0, p <- p - lr g / (sqrt(s) + eps).
+
+    Keskinen 2024 (Hard ASH) uses s_0 = ``initial_accumulator_value`` = 1e-6.
+    """
+    _check_lr_and_decay(lr, weight_decay)
+    require(
+        initial_accumulator_value >= 0,
+        "optimizer.initial_accumulator_value",
+        initial_accumulator_value,
+        "a number >= 0",
+    )
+    require(eps >= 0, "optimizer.eps", eps, "a number >= 0")
+    return torch.optim.Adagrad, {
+        "lr": lr,
+        "initial_accumulator_value": initial_accumulator_value,
+        "eps": eps,
+        "weight_decay": weight_decay,
+    }
+
+
+@OPTIMIZERS.register("adam")
+def adam(
+    lr: float = 1e-3,
+    betas: Sequence[float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    bias_correction: bool = True,
+) -> OptimizerRecipe:
+    """Adam (Kingma & Ba 2015), :class:`plasticity_rl.optim.Adam`."""
+    betas = check_adam_args(lr, betas, eps, weight_decay)
+    return Adam, {
+        "lr": lr,
+        "betas": betas,
+        "eps": eps,
+        "weight_decay": weight_decay,
+        "bias_correction": bool(bias_correction),
+    }
+
+
+@OPTIMIZERS.register("adam_tuned")
+def adam_tuned(lr: float = 1e-3, eps: float = 1e-8, weight_decay: float = 0.0) -> OptimizerRecipe:
+    """Adam with beta1 = beta2 = 0.99, as tuned by Dohare et al. 2024."""
+    return adam(lr=lr, betas=(0.99, 0.99), eps=eps, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adam_no_bias_correction")
+def adam_no_bias_correction(
+    lr: float = 1e-3,
+    betas: Sequence[float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> OptimizerRecipe:
+    """Adam without bias correction (m_hat = m, v_hat = v), as in Keskinen 2024 (Hard ASH)."""
+    return adam(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, bias_correction=False)
+
+
+def _recipe(spec: SpecType, overrides: Mapping[str, Any]) -> tuple[OptimizerRecipe, Any]:
+    """Look up a spec's preset: ``((class, kwargs), update_clip)``; overrides win over the spec."""
+    name, kwargs = split_spec(spec, "optimizer")
+    kwargs.update(overrides)
+    update_clip = kwargs.pop("update_clip", None)
+    return OPTIMIZERS.create(name, **kwargs), update_clip
+
+
+def make_optimizer(
+    model_or_params: nn.Module | Iterable[Tensor] | Iterable[dict[str, Any]],
+    spec: SpecType,
+    **overrides: Any,
+) -> torch.optim.Optimizer:
+    """Build the optimiser a spec names and attach its step hooks (see :func:`attach_step_hooks`).
+
+    Args:
+        model_or_params: a module (its projections are registered too), or parameters /
+            parameter groups.
+        spec: a preset name, or ``{name: ..., **preset kwargs, update_clip: float | None}``.
+        **overrides: preset kwargs (or ``update_clip``) that replace the spec's.
+
+    Returns:
+        the optimiser; the attached hook handles are in ``optimizer.plasticity_handles``.
+    """
+    (optimizer_class, kwargs), update_clip = _recipe(spec, overrides)
+    is_module = isinstance(model_or_params, nn.Module)
+    params = model_or_params.parameters() if is_module else model_or_params
+    optimizer = optimizer_class(params, **kwargs)
+    attach_step_hooks(optimizer, model_or_params if is_module else None, update_clip=update_clip)
+    return optimizer
+
+
+def attach_step_hooks(
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module | None = None,
+    *,
+    update_clip: float | None = None,
+) -> list[Any]:
+    """Attach, in this order, the update clip and the model's constraint projections (SDM).
+
+    The order matters: the projection must see the clipped step. The new handles are appended
+    to the list ``optimizer.plasticity_handles`` (created if missing) and also returned; each has
+    ``remove()``.
+
+    Args:
+        update_clip: clip each element of the update to [-update_clip, update_clip]; None = off.
+        model: if given, :func:`plasticity_rl.nn.layers.register_projections` is attached.
+    """
+    handles: list[Any] = []
+    if update_clip is not None:
+        handles.append(clip_updates(optimizer, update_clip))
+    if model is not None:
+        handles.append(register_projections(model, optimizer))
+    existing = getattr(optimizer, "plasticity_handles", [])
+    optimizer.plasticity_handles = existing + handles  # type: ignore[attr-defined]
+    return handles
+
+
+def sb3_optimizer_args(spec: SpecType) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """``(optimizer_class, optimizer_kwargs)`` for stable-baselines3's ``policy_kwargs``.
+
+    SB3 builds ``optimizer_class(params, lr=lr_schedule(1), **optimizer_kwargs)`` itself, so the
+    kwargs exclude ``lr``: set SB3's ``learning_rate`` instead (a spec that sets ``lr`` raises
+    :class:`ConfigError`, rather than being silently ignored). ``update_clip`` cannot reach SB3
+    this way: once SB3 has built the optimiser, call
+    ``attach_step_hooks(policy.optimizer, policy, update_clip=...)`` with the spec's value.
+    """
+    _, kwargs = split_spec(spec, "optimizer")
+    if "lr" in kwargs:
+        raise ConfigError(
+            "optimizer.lr", kwargs["lr"], "no lr in an SB3 optimizer spec (set SB3's learning_rate)"
+        )
+    (optimizer_class, optimizer_kwargs), _ = _recipe(spec, {})
+    optimizer_kwargs.pop("lr")
+    return optimizer_class, optimizer_kwargs
