@@ -1,0 +1,141 @@
+"""The SB3 callback that logs network health and the env's physics, and writes checkpoints.
+
+TensorBoard tags (all against env steps, SB3's ``num_timesteps``):
+
+- ``plasticity/<net>/<layer>/<metric>``: ``dead_fraction``, ``dormant_ratio``,
+  ``effective_rank``, ``srank99``, ``stable_rank``, ``activation_sparsity`` of each hidden layer
+  on a probe batch of observations from the latest rollout (``<net>`` is ``pi`` or ``vf``);
+- ``plasticity/<net>/weight_magnitude`` (mean |w|) and ``plasticity/<net>/max_weight_change``
+  (the largest sum |delta w| of one optimiser step since the previous log);
+- ``plasticity/<net>/<layer>/<counter>``: what the interventions did since the previous log
+  (e.g. units replaced by continual backprop, reset by ReDo);
+- ``env/<quantity>``: the non-stationary env's current value (e.g. ``env/friction``) and its
+  change count, averaged over env copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+
+from plasticity_rl.agents.checkpoint import save_checkpoint
+from plasticity_rl.agents.config import LoggingConfig
+from plasticity_rl.methods import Method
+from plasticity_rl.metrics import (
+    WeightChangeMonitor,
+    collect_activations,
+    layer_health,
+    weight_magnitude,
+)
+from plasticity_rl.nn import MLP
+
+ENV_INFO_KEY = "nonstationary"
+"""Key of the dict that non-stationary env wrappers put in ``info``."""
+
+
+class PlasticityCallback(BaseCallback):
+    """Logs network health every ``metrics_every_env_steps`` and checkpoints the run.
+
+    Args:
+        networks: the MLPs to watch by name (``{"pi": ..., "vf": ...}``).
+        methods: the attached interventions by name (their counters are logged, their state
+            checkpointed).
+        logging: intervals, probe size and dormant threshold.
+        checkpoint_path: where to write the checkpoint (None: no checkpoints).
+        schedule: the next env step at which to log metrics / checkpoint (restored on resume).
+    """
+
+    def __init__(
+        self,
+        networks: dict[str, MLP],
+        methods: dict[str, Method],
+        logging: LoggingConfig,
+        checkpoint_path: Path | None,
+        schedule: dict[str, int] | None = None,
+    ):
+        super().__init__()
+        self.networks, self.methods, self.cfg = networks, methods, logging
+        self.checkpoint_path = checkpoint_path
+        self.schedule = schedule or {
+            "next_metrics": logging.metrics_every_env_steps,
+            "next_checkpoint": logging.checkpoint_every_env_steps,
+        }
+        self._monitors = {name: WeightChangeMonitor() for name in networks}
+        self._handles: list[Any] = []
+        self._env_values: dict[int, dict[str, float]] = {}
+
+    def _on_training_start(self) -> None:
+        optimizer = self.model.policy.optimizer
+        self._handles = [m.attach(self.networks[n], optimizer) for n, m in self._monitors.items()]
+
+    def _on_step(self) -> bool:
+        for i, info in enumerate(self.locals.get("infos", ())):
+            if ENV_INFO_KEY in info:
+                self._env_values[i] = info[ENV_INFO_KEY]
+        return True
+
+    def _on_rollout_start(self) -> None:
+        if self.num_timesteps >= self.schedule["next_checkpoint"]:
+            self._advance("next_checkpoint", self.cfg.checkpoint_every_env_steps)
+            self.save()
+
+    def _on_rollout_end(self) -> None:
+        self._log_env()
+        if self.num_timesteps >= self.schedule["next_metrics"]:
+            self._advance("next_metrics", self.cfg.metrics_every_env_steps)
+            self._log_network_health()
+            self._log_method_counters()
+
+    def _on_training_end(self) -> None:
+        self.save()
+        for handle in self._handles:
+            handle.remove()
+
+    def save(self) -> None:
+        """Write the checkpoint now (no-op without a checkpoint path)."""
+        if self.checkpoint_path is not None:
+            save_checkpoint(
+                self.checkpoint_path, self.model, self.methods, {"schedule": dict(self.schedule)}
+            )
+
+    def _advance(self, key: str, every: int) -> None:
+        while self.schedule[key] <= self.num_timesteps:
+            self.schedule[key] += every
+
+    def _log_env(self) -> None:
+        values: dict[str, list[float]] = {}
+        for info in self._env_values.values():
+            for key, value in info.items():
+                if isinstance(value, int | float | np.number):
+                    values.setdefault(key, []).append(float(value))
+        for key, vals in values.items():
+            self.logger.record(f"env/{key}", float(np.mean(vals)))
+
+    def _probe(self) -> torch.Tensor:
+        obs = self.model.rollout_buffer.observations
+        flat = obs.reshape(-1, *obs.shape[2:])
+        rows = np.linspace(0, len(flat) - 1, min(self.cfg.probe_size, len(flat))).astype(int)
+        with torch.no_grad():
+            return self.model.policy.extract_features(torch.as_tensor(flat[rows]))
+
+    def _log_network_health(self) -> None:
+        probe = self._probe()
+        record: Callable[[str, float], None] = self.logger.record
+        for net_name, net in self.networks.items():
+            for layer_name, h in collect_activations(net, probe).items():
+                for metric, value in layer_health(h, self.cfg.dormant_tau).items():
+                    record(f"plasticity/{net_name}/{layer_name}/{metric}", value)
+            record(f"plasticity/{net_name}/weight_magnitude", weight_magnitude(net))
+            change = self._monitors[net_name].pop_max()
+            if change is not None:
+                record(f"plasticity/{net_name}/max_weight_change", change)
+
+    def _log_method_counters(self) -> None:
+        for method in self.methods.values():
+            for key, value in method.stats().items():
+                self.logger.record(f"plasticity/{key}", value)

@@ -1,0 +1,115 @@
+"""Typed run configs filled from YAML presets plus ``key=value`` overrides (OmegaConf).
+
+A preset is a YAML file in the repository's ``envs/`` or ``agents/`` folder, named by its file
+stem (``ppo-cbp-l2``) or given as a path. A preset may start from another one with
+``base: <name>``; its own keys are merged over the base's. Overrides use dotted keys
+(``method.continual_backprop.replacement_rate=1e-5``) and are merged last. Every error names
+the key, the value and what is allowed (:class:`~plasticity_rl.registry.ConfigError`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from plasticity_rl.registry import ConfigError
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The checkout the package was installed from (presets live in its envs/ and agents/)."""
+
+
+def preset_names(kind: str) -> list[str]:
+    """Names of the presets in ``<repo>/<kind>/`` (``kind`` is ``envs`` or ``agents``)."""
+    return sorted(p.stem for p in (REPO_ROOT / kind).glob("*.yaml"))
+
+
+def load_preset(kind: str, name_or_path: str | Path) -> dict[str, Any]:
+    """Load a preset by name (from ``<repo>/<kind>/``) or by path, following ``base:`` links."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = REPO_ROOT / kind / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{kind[:-1]} preset", str(name_or_path), preset_names(kind) or "none")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}", type(data).__name__, "a YAML mapping")
+    base = data.pop("base", None)
+    return data if base is None else merge_presets(load_preset(kind, base), data)
+
+
+def merge_presets(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``, recursively; a mapping whose ``name`` differs replaces the base's.
+
+    So a preset that switches ``optimizer: {name: sgd}`` does not inherit Adam's ``betas``.
+    """
+    merged = dict(base)
+    for key, value in child.items():
+        old = merged.get(key)
+        both_dicts = isinstance(old, dict) and isinstance(value, dict)
+        if both_dicts and old.get("name") == value.get("name"):
+            merged[key] = merge_presets(old, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _allowed(default: Any, dotted: str) -> str | list[str]:
+    """What is allowed at ``dotted``: the field's type if it exists, else the sibling keys."""
+    node = default
+    *parents, last = dotted.split(".")
+    for part in parents:
+        node = getattr(node, part, None)
+    if not is_dataclass(node):
+        return []
+    known = {f.name: f.type for f in fields(node)}
+    if last in known:
+        return f"a value of type {known[last]}"
+    return sorted(known)
+
+
+def resolve(schema: type[T], *layers: dict[str, Any], overrides: Sequence[str] = ()) -> T:
+    """Merge ``layers`` (lowest priority first) and ``key=value`` overrides into ``schema``.
+
+    Returns an instance of the dataclass ``schema``. Unknown keys and values of the wrong type
+    raise :class:`ConfigError`.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError("--set", item, "key=value, e.g. ppo.n_steps=1024")
+    try:
+        merged = OmegaConf.merge(
+            OmegaConf.structured(schema), *layers, OmegaConf.from_dotlist(list(overrides))
+        )
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "config"
+        allowed = _allowed(schema(), key)
+        value = _offending_value(key, layers, overrides)
+        raise ConfigError(key, value, allowed or str(err).splitlines()[0]) from None
+
+
+def _offending_value(key: str, layers: Sequence[dict[str, Any]], overrides: Sequence[str]) -> Any:
+    for item in reversed(list(overrides)):
+        k, _, v = item.partition("=")
+        if k == key:
+            return v
+    for layer in reversed(list(layers)):
+        node: Any = layer
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            return node
+    return None
+
+
+def to_yaml(cfg: Any) -> str:
+    """The resolved config as YAML (saved next to every run's logs)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,281 @@
+"""The one interface for plasticity interventions, and the pieces they share.
+
+A :class:`Method` attaches to a model and its optimiser through PyTorch's own extension points
+only -- forward hooks on the hidden activations and optimiser step post-hooks -- so the trainers
+(SB3 PPO, the supervised loop) need not know about it::
+
+    methods = make_methods({"continual_backprop": {"replacement_rate": 1e-4}, "redo": None})
+    handle = attach_methods(methods, {"pi": policy_net, "vf": value_net}, optimizer)
+    ...  # train as usual; log {k: v for m in methods for k, v in m.stats().items()}
+    handle.remove()
+
+``model`` is one network or a mapping of named networks; a network is a module or a list of
+modules in forward order (what :func:`plasticity_rl.nn.mlp.hidden_layers` accepts). Hidden
+layers are named ``"hidden1"``, ... for one network and ``"<net>/hidden1"`` for a mapping.
+
+Activations are recorded only on training forwards: the activation module is in training mode
+and grad is enabled, so SB3 rollouts (eval mode, ``no_grad``) and evaluation passes do not
+count. Every interval is counted in optimiser steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from plasticity_rl.nn.layers import layer_parameter, sample_weight, set_weight
+from plasticity_rl.nn.mlp import HiddenLayer, hidden_layers
+from plasticity_rl.optim.state import reset_optimizer_state
+from plasticity_rl.registry import Registry, require
+
+Network = nn.Module | Sequence[nn.Module]
+"""A module, or a list of modules in forward order."""
+Model = Network | Mapping[str, Network]
+"""One network, or named networks such as ``{"pi": policy_net, "vf": value_net}``."""
+
+
+class MethodHandle:
+    """Several hooks (or other handles) removed together with one :meth:`remove` call."""
+
+    def __init__(self, handles: Iterable[RemovableHandle | MethodHandle]):
+        self._handles = list(handles)
+
+    def remove(self) -> None:
+        """Remove every hook; calling it again does nothing."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+class Method:
+    """An intervention that acts on a model through forward hooks and optimiser step hooks.
+
+    Subclasses implement :meth:`_attach`, and override :meth:`state_dict` /
+    :meth:`load_state_dict` / :meth:`stats` when they keep state or counters.
+    """
+
+    def __init__(self) -> None:
+        self._attached = False
+
+    def attach(self, model: Model, optimizer: torch.optim.Optimizer) -> MethodHandle:
+        """Register the method's hooks on ``model`` and ``optimizer``; a method attaches once."""
+        if self._attached:
+            raise RuntimeError(f"{type(self).__name__} is already attached; use a new object")
+        self._attached = True
+        return MethodHandle(self._attach(model, optimizer))
+
+    def _attach(self, model: Model, optimizer: torch.optim.Optimizer) -> list[RemovableHandle]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: tensors and plain numbers only."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (after :meth:`attach` to an identical model)."""
+        if state:
+            raise KeyError(f"{type(self).__name__} keeps no state; got keys {sorted(state)}")
+
+    def stats(self) -> dict[str, float]:
+        """Counters since the last call, for logging (then reset)."""
+        return {}
+
+
+METHODS: Registry[Method] = Registry("method")
+"""Interventions by name (filled by the modules of :mod:`plasticity_rl.methods`)."""
+
+
+def make_method(name: str, **kwargs: Any) -> Method:
+    """Create one method by name; unknown names and keywords raise ``ConfigError``."""
+    return METHODS.create(name, **kwargs)
+
+
+def make_methods(spec: Mapping[str, Mapping[str, Any] | None] | None) -> list[Method]:
+    """Create methods from config data ``{name: {option: value} or None}``, in order.
+
+    Example:
+        >>> [type(m).__name__ for m in make_methods({"redo": {"tau": 0.05}, "neuronal_decay": {}})]
+        ['ReDo', 'NeuronalDecay']
+    """
+    if spec is None:
+        return []
+    require(isinstance(spec, Mapping), "methods", spec, "a mapping from method name to options")
+    methods = []
+    for name, kwargs in spec.items():
+        require(
+            kwargs is None or isinstance(kwargs, Mapping),
+            f"methods.{name}",
+            kwargs,
+            "null or a mapping of options",
+        )
+        methods.append(make_method(name, **dict(kwargs or {})))
+    return methods
+
+
+def attach_methods(
+    methods: Iterable[Method], model: Model, optimizer: torch.optim.Optimizer
+) -> MethodHandle:
+    """Attach every method; the returned handle removes all their hooks."""
+    handles: list[MethodHandle] = []
+    try:
+        for method in methods:
+            handles.append(method.attach(model, optimizer))
+    except Exception:
+        MethodHandle(handles).remove()
+        raise
+    return MethodHandle(handles)
+
+
+def check_number(value: Any, key: str, ok: Callable[[float], bool], allowed: str) -> float:
+    """``value`` as a float, or ``ConfigError(key, value, allowed)`` unless ``ok(value)``."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    require(is_number and ok(float(value)), key, value, allowed)
+    return float(value)
+
+
+def check_count(value: Any, key: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum`` (integral floats such as ``1e4`` accepted)."""
+    check_number(value, key, lambda v: v.is_integer() and v >= minimum, f"an integer >= {minimum}")
+    return int(value)
+
+
+def resolve_hidden_layers(model: Model) -> list[HiddenLayer]:
+    """Every hidden layer of ``model``; names get a ``"<net>/"`` prefix for a mapping.
+
+    Raises:
+        ValueError: if no hidden layer is found.
+    """
+    if isinstance(model, Mapping):
+        layers = [
+            replace(layer, name=f"{net}/{layer.name}")
+            for net, network in model.items()
+            for layer in hidden_layers(network)
+        ]
+    else:
+        layers = hidden_layers(model)
+    if not layers:
+        raise ValueError("found no hidden layer (linear, activation, linear) in the model")
+    return layers
+
+
+def linear_layers(model: Model) -> list[nn.Linear]:
+    """Every distinct ``nn.Linear`` of ``model``, in registration order."""
+    networks = model.values() if isinstance(model, Mapping) else [model]
+    roots = [m for net in networks for m in (net if isinstance(net, Sequence) else [net])]
+    found: dict[int, nn.Linear] = {}
+    for root in roots:
+        for module in root.modules():
+            if isinstance(module, nn.Linear):
+                found.setdefault(id(module), module)
+    return list(found.values())
+
+
+def on_training_forward(
+    layers: Iterable[HiddenLayer], fn: Callable[[HiddenLayer, Tensor], None]
+) -> list[RemovableHandle]:
+    """Call ``fn(layer, h)`` with each layer's activation output h on training forwards.
+
+    A forward counts when the activation module is in training mode and grad is enabled.
+    ``h`` is the module's output itself (not a copy); ``fn`` must not change it.
+    """
+
+    def hook_for(layer: HiddenLayer) -> Callable[[nn.Module, Any, Tensor], None]:
+        def hook(module: nn.Module, _inputs: Any, output: Tensor) -> None:
+            if module.training and torch.is_grad_enabled():
+                fn(layer, output)
+
+        return hook
+
+    return [layer.activation.register_forward_hook(hook_for(layer)) for layer in layers]
+
+
+class HiddenLayerMethod(Method):
+    """A method acting on hidden layers after each optimiser step (continual backprop, ReDo).
+
+    It keeps each layer's activations (detached) from the last training forward and, after
+    every optimiser step, hands them to :meth:`_after_step`; a forward's activations are used
+    by one step only. Per-layer counters appear in :meth:`stats` as ``"<layer>/<counter>"``.
+    """
+
+    counter = "events"
+    """Name of the per-layer counter reported by :meth:`stats`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers: list[HiddenLayer] = []
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._activations: dict[str, Tensor] = {}
+        self._counts: dict[str, float] = {}
+
+    def _attach(self, model: Model, optimizer: torch.optim.Optimizer) -> list[RemovableHandle]:
+        self.layers = resolve_hidden_layers(model)
+        self.optimizer = optimizer
+        self._counts = {layer.name: 0.0 for layer in self.layers}
+        self._setup()
+
+        def record(layer: HiddenLayer, h: Tensor) -> None:
+            self._activations[layer.name] = h.detach()
+
+        def after_step(*_: Any) -> None:
+            activations, self._activations = self._activations, {}
+            self._after_step(activations)
+
+        handles = on_training_forward(self.layers, record)
+        handles.append(optimizer.register_step_post_hook(after_step))
+        return handles
+
+    def _setup(self) -> None:
+        """Allocate per-layer state once ``self.layers`` is known."""
+
+    def _after_step(self, activations: dict[str, Tensor]) -> None:
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, float]:
+        out = {f"{name}/{self.counter}": count for name, count in self._counts.items()}
+        self._counts = dict.fromkeys(self._counts, 0.0)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"counts": dict(self._counts)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not self._attached:
+            raise RuntimeError(f"attach {type(self).__name__} before load_state_dict")
+        counts = state["counts"]
+        if set(counts) != set(self._counts):
+            raise KeyError(f"state is for layers {sorted(counts)}, not {sorted(self._counts)}")
+        self._counts = {name: float(count) for name, count in counts.items()}
+
+
+def reset_units(
+    layer: HiddenLayer,
+    units: Tensor,
+    optimizer: torch.optim.Optimizer,
+    optimizer_state: str = "zero_moments",
+) -> None:
+    """Give ``units`` of ``layer`` fresh incoming weights and zero outgoing weights.
+
+    Incoming weight rows are drawn from the layer's init distribution (then projected back for
+    SDM layers), incoming biases set to 0 and outgoing weight columns set to 0, so the units do
+    not change the network's output when they are added. ``optimizer_state`` (one of
+    :data:`plasticity_rl.optim.state.OPTIMIZER_STATE_RESETS`) is then applied to exactly those
+    rows, bias entries and columns. Used by continual backprop and ReDo.
+    """
+    incoming, outgoing = layer.incoming, layer.outgoing
+    with torch.no_grad():
+        set_weight(incoming, units, sample_weight(incoming).index_select(0, units), dim=0)
+        if hasattr(incoming, "project_"):
+            incoming.project_()
+        if incoming.bias is not None:
+            incoming.bias.index_fill_(0, units, 0.0)
+        zeros = outgoing.weight.new_zeros(outgoing.out_features, units.numel())
+        set_weight(outgoing, units, zeros, dim=1)
+    reset_optimizer_state(optimizer, layer_parameter(incoming), units, 0, optimizer_state)
+    if incoming.bias is not None:
+        reset_optimizer_state(optimizer, incoming.bias, units, 0, optimizer_state)
+    reset_optimizer_state(optimizer, layer_parameter(outgoing), units, 1, optimizer_state)

@@ -1,0 +1,73 @@
+"""ReDo: periodically recycle dormant hidden units.
+
+Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep Reinforcement Learning". Every
+``period`` optimiser steps, for each hidden layer with activations h (batch x units) from the
+last training forward, the units with normalised score
+
+    s_j = mean_i |h_ij| / ((1/n_units) sum_k mean_i |h_ik|)  <=  tau
+
+(:func:`plasticity_rl.metrics.network.dormancy_scores`, the formula of the ``dormant_ratio``
+metric) get fresh incoming weights and zero outgoing weights
+(:func:`~plasticity_rl.methods.base.reset_units`). Dohare et al. 2024 run it on PPO with
+tau = 0.1 and a period of 100 optimiser steps, the defaults here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from plasticity_rl.methods.base import (
+    METHODS,
+    HiddenLayerMethod,
+    check_count,
+    check_number,
+    reset_units,
+)
+from plasticity_rl.metrics.network import dormancy_scores
+from plasticity_rl.optim.state import check_optimizer_state_mode
+
+
+@METHODS.register("redo")
+class ReDo(HiddenLayerMethod):
+    """Reset tau-dormant units every ``period`` optimiser steps (see module doc).
+
+    Args:
+        tau: dormancy threshold; units with score s_j <= tau are reset.
+        period: optimiser steps between two resets (the first is after ``period`` steps).
+        optimizer_state: what happens to the reset weights' optimiser state (see
+            :data:`plasticity_rl.optim.state.OPTIMIZER_STATE_RESETS`).
+    """
+
+    counter = "resets"
+
+    def __init__(self, tau: float = 0.1, period: int = 100, optimizer_state: str = "zero_moments"):
+        super().__init__()
+        self.tau = check_number(tau, "redo.tau", lambda v: v >= 0, "a number >= 0")
+        self.period = check_count(period, "redo.period", 1)
+        check_optimizer_state_mode(optimizer_state, "redo.optimizer_state")
+        self.optimizer_state = optimizer_state
+        self.steps = 0
+        """Optimiser steps since attach."""
+
+    def _after_step(self, activations: dict[str, Tensor]) -> None:
+        self.steps += 1
+        if self.steps % self.period != 0:
+            return
+        for layer in self.layers:
+            if layer.name not in activations:
+                continue
+            units = torch.nonzero(dormancy_scores(activations[layer.name]) <= self.tau).squeeze(1)
+            if units.numel() > 0:
+                reset_units(layer, units, self.optimizer, self.optimizer_state)
+                self._counts[layer.name] += units.numel()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.steps = int(state["steps"])

@@ -1,0 +1,81 @@
+"""Resetting the optimiser state of a few units' weights, for interventions that reset units.
+
+When continual backprop or ReDo give a unit fresh weights, the optimiser still holds moment
+estimates built for the old weights. Dohare et al. 2024 (AdamGnT) zero Adam's moments and the
+per-weight step counts of the reset weights; Sokar et al. 2023 (ReDo) reset Adam's moments.
+:func:`reset_optimizer_state` applies one of :data:`OPTIMIZER_STATE_RESETS` to one slice
+(rows or columns) of one parameter's state:
+
+- ``keep``: leave the state as it is;
+- ``zero_moments``: every state tensor shaped like the parameter has the slice set to zero
+  (Adam's ``exp_avg``/``exp_avg_sq``/``max_exp_avg_sq``, SGD's ``momentum_buffer``, RMSprop's
+  ``square_avg``/``grad_avg``/``momentum_buffer``), except Adagrad's ``sum``, which goes back
+  to the group's ``initial_accumulator_value``; the step count is kept;
+- ``zero_moments_and_step``: also zero the step count of the slice, which needs a per-element
+  step count (:class:`plasticity_rl.optim.adam.Adam`); torch's optimisers keep one step count
+  per tensor, for which this mode raises :class:`~plasticity_rl.registry.ConfigError`.
+
+Optimisers whose per-element state is not a moment (e.g. Rprop's step sizes) are not meant for
+this: their slices would be zeroed too.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from plasticity_rl.registry import ConfigError, require
+
+OPTIMIZER_STATE_RESETS = ("keep", "zero_moments", "zero_moments_and_step")
+"""What happens to the optimiser state of reset weights (see the module docstring)."""
+
+
+def check_optimizer_state_mode(mode: str, key: str = "optimizer_state") -> None:
+    """Raise :class:`ConfigError` unless ``mode`` is one of :data:`OPTIMIZER_STATE_RESETS`."""
+    require(mode in OPTIMIZER_STATE_RESETS, key, mode, OPTIMIZER_STATE_RESETS)
+
+
+def reset_optimizer_state(
+    optimizer: torch.optim.Optimizer, param: Tensor, index: Tensor, dim: int, mode: str
+) -> None:
+    """Apply ``mode`` to the slice ``index`` along ``dim`` of ``param``'s optimiser state.
+
+    Args:
+        optimizer: the optimiser holding ``param`` (for a parametrized layer, pass the stored
+            tensor, ``plasticity_rl.nn.layers.layer_parameter(layer)``).
+        param: the parameter whose state is reset; one without state yet is left alone.
+        index: 1-D long tensor of the rows (``dim=0``) or columns (``dim=1``) to reset.
+        dim: the dimension ``index`` selects along.
+        mode: one of :data:`OPTIMIZER_STATE_RESETS`.
+
+    Raises:
+        ConfigError: ``mode`` is unknown, or it is ``zero_moments_and_step`` and the optimiser
+            keeps one step count per tensor (all torch optimisers).
+    """
+    check_optimizer_state_mode(mode)
+    state = optimizer.state.get(param)
+    if mode == "keep" or not state:
+        return
+    for key, value in state.items():
+        if key == "step":
+            if mode != "zero_moments_and_step":
+                continue
+            if not (isinstance(value, Tensor) and value.shape == param.shape):
+                raise ConfigError(
+                    "optimizer_state",
+                    mode,
+                    f"keep or zero_moments for {type(optimizer).__name__}, "
+                    "which keeps one step count per tensor",
+                )
+            value.index_fill_(dim, index, 0)
+        elif isinstance(value, Tensor) and value.shape == param.shape:
+            value.index_fill_(dim, index, _reset_value(optimizer, param, key))
+
+
+def _reset_value(optimizer: torch.optim.Optimizer, param: Tensor, key: str) -> float:
+    """0 for moments; the group's ``initial_accumulator_value`` for Adagrad's ``sum``."""
+    if key == "sum":
+        for group in optimizer.param_groups:
+            if any(p is param for p in group["params"]) and "initial_accumulator_value" in group:
+                return float(group["initial_accumulator_value"])
+    return 0.0

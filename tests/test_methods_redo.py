@@ -1,0 +1,84 @@
+"""ReDo: which units are reset, and when."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from plasticity_rl.methods import ReDo
+from plasticity_rl.nn import build_mlp
+
+CONSTANT_ACTIVATIONS = [0.0, 0.05, 1.0, 2.0]
+
+
+def _net_with_constant_units() -> nn.Module:
+    """3 -> 4 -> 2 whose hidden units output the constants above (rows 0, biases = constants)."""
+    torch.manual_seed(0)
+    net = build_mlp(3, [4], 2)
+    with torch.no_grad():
+        net.hidden[0].weight.zero_()
+        net.hidden[0].bias.copy_(torch.tensor(CONSTANT_ACTIVATIONS))
+    return net
+
+
+def _step(net: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    x, y = torch.rand(8, 3), torch.randn(8, 2)
+    optimizer.zero_grad()
+    nn.functional.mse_loss(net(x), y).backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize(
+    "tau, expected",
+    [
+        # mean|h| = [0, 0.05, 1, 2], layer mean 3.05 / 4 = 0.7625,
+        # s = [0, 0.0656, 1.311, 2.623]: s <= 0.1 for units 0 and 1
+        (0.1, [0, 1]),
+        # tau = 0: only the exactly-zero unit (s = 0 <= 0)
+        (0.0, [0]),
+    ],
+)
+def test_resets_exactly_the_dormant_units_every_period(tau: float, expected: list[int]):
+    net = _net_with_constant_units()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    redo = ReDo(tau=tau, period=3)
+    redo.attach(net, optimizer)
+    old = copy.deepcopy(net)
+    for _ in range(2):  # steps 1 and 2: nothing happens
+        _step(net, optimizer)
+        assert redo.stats() == {"hidden1/resets": 0.0}
+    for p, q in zip(net.parameters(), old.parameters(), strict=True):
+        assert torch.equal(p, q)
+    _step(net, optimizer)  # step 3
+    assert redo.stats() == {"hidden1/resets": float(len(expected))}
+    reset = (net.hidden[0].weight != 0).any(dim=1)  # fresh rows replace the zero rows
+    assert torch.nonzero(reset).flatten().tolist() == expected
+    kept = [j for j in range(4) if j not in expected]
+    assert torch.all(net.hidden[0].bias[expected] == 0)
+    assert torch.equal(net.hidden[0].bias[kept], old.hidden[0].bias[kept])
+    assert torch.all(net.output.weight[:, expected] == 0)
+    assert torch.equal(net.output.weight[:, kept], old.output.weight[:, kept])
+    assert torch.equal(net.output.bias, old.output.bias)  # ReDo does no bias correction
+
+
+def test_step_count_is_restored_from_the_state_dict():
+    # Two of three steps done before saving: the resumed method resets at its first step.
+    net = _net_with_constant_units()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    redo = ReDo(period=3)
+    redo.attach(net, optimizer)
+    for _ in range(2):
+        _step(net, optimizer)
+    state = redo.state_dict()
+    assert state == {"counts": {"hidden1": 0.0}, "steps": 2}
+
+    resumed = ReDo(period=3)
+    twin = copy.deepcopy(net)
+    twin_optimizer = torch.optim.SGD(twin.parameters(), lr=0.0)
+    resumed.attach(twin, twin_optimizer)
+    resumed.load_state_dict(state)
+    _step(twin, twin_optimizer)
+    assert resumed.stats() == {"hidden1/resets": 2.0}
