@@ -1,0 +1,130 @@
+"""Env steps per second of plain SB3 PPO and of every agent preset, side by side.
+
+All variants train on the same env (``plasticity_rl/HopperFriction-v5``) with the same
+network sizes (two 256x256 ReLU MLPs) and PPO settings (Dohare et al.'s: 2048 steps per
+rollout, minibatch 128, 10 epochs), one torch thread each, in one process. Variants are
+interleaved over repeats so slow drifts of the machine hit all of them alike; the median of the
+repeats is reported. The presets include everything a real run does: our policy and optimiser,
+the interventions, the network-health metrics (every 10,000 env steps, as by default) and
+checkpoints (every 100,000 steps). Writes a dated markdown table to ``benchmarks/results/``.
+
+    python benchmarks/rl_speed.py            # 20,480 env steps per run, 3 repeats
+    python benchmarks/rl_speed.py --quick    # 10,240 env steps per run, 1 repeat
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+from stable_baselines3 import PPO
+from torch import nn
+
+from plasticity_rl.agents import RLRunConfig, build_agent, make_env, train
+from plasticity_rl.config import load_preset, preset_names, resolve
+
+ENV_PRESET = "hopper-friction"
+RESULTS = Path(__file__).parent / "results"
+
+
+def config(agent: str, total_steps: int) -> RLRunConfig:
+    return resolve(
+        RLRunConfig,
+        {"env": load_preset("envs", ENV_PRESET)},
+        load_preset("agents", agent),
+        {"total_steps": total_steps, "seed": 0},
+    )
+
+
+def time_plain_sb3(total_steps: int) -> float:
+    """SB3's own MlpPolicy with the same sizes and PPO settings, no callback."""
+    cfg = config("ppo", total_steps)
+    env = make_env(cfg)
+    p = cfg.ppo
+    model = PPO(
+        "MlpPolicy",
+        env,
+        learning_rate=1e-4,
+        n_steps=p.n_steps,
+        batch_size=p.batch_size,
+        n_epochs=p.n_epochs,
+        gamma=p.gamma,
+        gae_lambda=p.gae_lambda,
+        clip_range=p.clip_range,
+        ent_coef=p.ent_coef,
+        vf_coef=p.vf_coef,
+        max_grad_norm=float("inf"),
+        seed=0,
+        device="cpu",
+        policy_kwargs={"net_arch": {"pi": [256, 256], "vf": [256, 256]}, "activation_fn": nn.ReLU},
+    )
+    start = time.perf_counter()
+    model.learn(total_timesteps=total_steps)
+    elapsed = time.perf_counter() - start
+    env.close()
+    return model.num_timesteps / elapsed
+
+
+def time_preset(agent: str, total_steps: int) -> float:
+    """A full run of the preset through ``train`` (callback, metrics, checkpoints included)."""
+    cfg = config(agent, total_steps)
+    env = make_env(cfg)
+    model, methods = build_agent(cfg, env)
+    with tempfile.TemporaryDirectory() as run_dir:
+        start = time.perf_counter()
+        train(cfg, Path(run_dir), progress_bar=False, prepared=(env, model, methods))
+        elapsed = time.perf_counter() - start
+    return model.num_timesteps / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10,240 steps per run, 1 repeat")
+    args = parser.parse_args()
+    total_steps, repeats = (10_240, 1) if args.quick else (20_480, 3)
+    torch.set_num_threads(1)
+    variants = ["plain SB3 PPO"] + [p for p in preset_names("agents") if p != "lop"]
+    speeds: dict[str, list[float]] = {v: [] for v in variants}
+    wall = time.perf_counter()
+    for repeat in range(repeats):
+        for variant in variants:
+            if variant == "plain SB3 PPO":
+                speed = time_plain_sb3(total_steps)
+            else:
+                speed = time_preset(variant, total_steps)
+            speeds[variant].append(speed)
+            print(f"repeat {repeat + 1}/{repeats} {variant:>16}: {speed:7.1f} env steps/s")
+    wall = time.perf_counter() - wall
+    base = statistics.median(speeds["plain SB3 PPO"])
+    lines = [
+        f"# PPO speed, {date.today().isoformat()}",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
+        f"thread, Python {platform.python_version()}, torch {torch.__version__}. "
+        f"Env `{ENV_PRESET}`, {total_steps} env steps per run, median of {repeats} interleaved "
+        f"repeat(s); wall time of the benchmark {wall / 60:.1f} min. "
+        f"Command: `python benchmarks/rl_speed.py{' --quick' if args.quick else ''}`.",
+        "",
+        "| variant | env steps/s (median) | runs | vs plain SB3 |",
+        "|---|---|---|---|",
+    ]
+    for variant in variants:
+        median = statistics.median(speeds[variant])
+        runs = ", ".join(f"{s:.0f}" for s in speeds[variant])
+        lines.append(f"| {variant} | {median:.0f} | {runs} | {100 * (median / base - 1):+.1f}% |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    suffix = "-quick" if args.quick else ""
+    (RESULTS / f"rl_speed_{date.today().isoformat()}{suffix}.md").write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
