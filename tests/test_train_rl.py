@@ -89,10 +89,16 @@ CBP_RUN = [
 ]  # fmt: skip
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path):
-    assert main([*CBP_RUN, "--logdir", str(tmp_path), "--name", "whole"]) == 0
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--set", "env.vec_env=subproc", "--set", "normalize_observations=true"]],
+    ids=["dummy", "subproc-vecnormalize"],
+)
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, extra):
+    run = [*CBP_RUN, *extra, "--logdir", str(tmp_path)]
+    assert main([*run, "--name", "whole"]) == 0
     # Stop the same run after 768 env steps, then resume it to the full 1536.
-    short = [*CBP_RUN, "--logdir", str(tmp_path), "--name", "cut", "--total-steps", "768"]
+    short = [*run, "--name", "cut", "--total-steps", "768"]
     assert main(short) == 0
     assert final_state(tmp_path / "cut")["num_timesteps"] == 768
     assert main(["--resume", str(tmp_path / "cut"), "--total-steps", "1536", "--no-progress"]) == 0
