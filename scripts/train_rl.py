@@ -12,85 +12,37 @@ Exit status: 0 on success, 2 on a configuration error (nothing is written then).
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
-from pathlib import Path
-
-import yaml
 
 from plasticity_rl.agents import RLRunConfig, build_agent, make_env, train, validate
-from plasticity_rl.config import load_preset, resolve
+from plasticity_rl.cli import (
+    check_required,
+    common_parser,
+    print_header,
+    resolve_run_config,
+    run_directory,
+)
 from plasticity_rl.registry import ConfigError
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--env", help="env preset name (envs/*.yaml) or path")
-    parser.add_argument("--agent", help="agent preset name (agents/*.yaml) or path")
-    parser.add_argument("--seed", type=int, default=0)
+def main(argv: list[str] | None = None) -> int:
+    parser = common_parser(__doc__.split("\n\n")[0], "env preset name (envs/*.yaml) or path")
     parser.add_argument("--total-steps", type=float, help="env steps to train for, e.g. 1e6")
-    parser.add_argument("--logdir", type=Path, default=Path("runs"), help="parent of run dirs")
-    parser.add_argument("--name", help="run directory name (default: env__agent__sSEED__time)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. ppo.n_steps=1024 (repeatable)",
-    )
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.resume is None and (args.env is None or args.agent is None):
-        parser.error("--env and --agent are required (unless --resume)")
-    return args
-
-
-def resolve_config(args: argparse.Namespace) -> RLRunConfig:
+    check_required(parser, args)
     overrides = list(args.overrides)
     if args.total_steps is not None:
         overrides.append(f"total_steps={int(args.total_steps)}")
-    if args.resume is not None:
-        saved = args.resume / "config.yaml"
-        if not saved.is_file():
-            raise ConfigError("--resume", str(args.resume), "a run directory with config.yaml")
-        cfg = resolve(RLRunConfig, yaml.safe_load(saved.read_text()), overrides=overrides)
-    else:
-        layers = [
-            {"env": load_preset("envs", args.env)},
-            load_preset("agents", args.agent),
-            {"seed": args.seed, "env_preset": str(args.env), "agent_preset": str(args.agent)},
-        ]
-        cfg = resolve(RLRunConfig, *layers, overrides=overrides)
-    validate(cfg)
-    return cfg
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     try:
-        cfg = resolve_config(args)
+        cfg = resolve_run_config(RLRunConfig, args, "env", overrides)
+        validate(cfg)
         env = make_env(cfg)
         model, methods = build_agent(cfg, env)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.resume is not None:
-        run_dir = args.resume
-    else:
-        stem = lambda p: Path(p).stem  # noqa: E731
-        name = args.name or (
-            f"{stem(cfg.env_preset)}__{stem(cfg.agent_preset)}__s{cfg.seed}__"
-            f"{time.strftime('%Y%m%d-%H%M%S')}"
-        )
-        run_dir = args.logdir / name
-        run_dir.mkdir(parents=True, exist_ok=False)
-    print(f"run directory: {run_dir}")
-    print(f"watch it:      tensorboard --logdir {run_dir.parent}")
-    if methods:
-        print(f"interventions: {', '.join(methods)} (each acts once per optimiser step)")
+    run_dir = run_directory(args, cfg)
+    print_header(run_dir, list(methods))
     train(
         cfg,
         run_dir,
@@ -98,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         progress_bar=not args.no_progress,
         prepared=(env, model, methods),
     )
-    print(f"done: {cfg.total_steps} env steps; logs and checkpoint in {run_dir}")
+    print(f"done: {model.num_timesteps} env steps; logs and checkpoint in {run_dir}")
     return 0
 
 

@@ -37,7 +37,7 @@ from plasticity_rl.config import to_yaml
 from plasticity_rl.envs.snapshot import Snapshot
 from plasticity_rl.methods import Method, make_method
 from plasticity_rl.optim import attach_step_hooks, sb3_optimizer_args
-from plasticity_rl.registry import split_spec
+from plasticity_rl.registry import ConfigError, split_spec
 
 CHECKPOINT = Path("checkpoints") / "latest.pt"
 STATUS = "status.json"
@@ -102,7 +102,9 @@ def build_agent(cfg: RLRunConfig, env: VecEnv) -> tuple[PPO, dict[str, Method]]:
     policy = model.policy
     attach_step_hooks(policy.optimizer, policy, update_clip=update_clip)
     methods = {n: make_method(n, **(kw or {})) for n, kw in cfg.method.items()}
-    for method in methods.values():
+    for name, method in methods.items():
+        if method.uses_task_boundaries:
+            raise ConfigError(f"method.{name}", name, "methods that need no task boundaries")
         method.attach(policy.networks, policy.optimizer)
     return model, methods
 
