@@ -1,0 +1,1 @@
+"""Supervised continual learning: datasets, task streams and the trainer built on them."""
