@@ -27,8 +27,8 @@ import torch
 from stable_baselines3 import PPO
 from torch import nn
 
-from plasticity_rl.agents import RLRunConfig, build_agent, make_env, train
-from plasticity_rl.config import load_preset, preset_names, resolve
+from plasticity_rl.agents import RLRunConfig, build_agent, make_env, rl_agent_presets, train
+from plasticity_rl.config import load_preset, resolve
 
 ENV_PRESET = "hopper-friction"
 RESULTS = Path(__file__).parent / "results"
@@ -90,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     total_steps, repeats = (10_240, 1) if args.quick else (20_480, 3)
     torch.set_num_threads(1)
-    variants = ["plain SB3 PPO"] + [p for p in preset_names("agents") if p != "lop"]
+    variants = ["plain SB3 PPO", *rl_agent_presets()]
     speeds: dict[str, list[float]] = {v: [] for v in variants}
     wall = time.perf_counter()
     for repeat in range(repeats):

@@ -84,4 +84,4 @@ def print_header(run_dir: Path, methods: Sequence[str]) -> None:
     print(f"run directory: {run_dir}")
     print(f"watch it:      tensorboard --logdir {run_dir.parent}")
     if methods:
-        print(f"interventions: {', '.join(methods)} (each acts once per optimiser step)")
+        print(f"methods: {', '.join(methods)} (acting through optimiser-step hooks, once per step)")

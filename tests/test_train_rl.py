@@ -13,7 +13,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from plasticity_rl.config import REPO_ROOT, preset_names
+from plasticity_rl.agents import rl_agent_presets
+from plasticity_rl.config import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "train_rl.py"
 sys.path.insert(0, str(SCRIPT.parent))
@@ -38,7 +39,7 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     }
 
 
-AGENT_PRESETS = [p for p in preset_names("agents") if p != "lop"]
+AGENT_PRESETS = rl_agent_presets()
 
 
 @pytest.mark.parametrize("agent", AGENT_PRESETS)

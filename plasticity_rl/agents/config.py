@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from plasticity_rl.config import load_preset, preset_names
 from plasticity_rl.nn import MLPConfig
 from plasticity_rl.registry import require
 
@@ -88,6 +89,11 @@ class RLRunConfig:
     """Name or path of the env preset the run was built from (recorded, not read)."""
     agent_preset: str = ""
     """Name or path of the agent preset the run was built from (recorded, not read)."""
+
+
+def rl_agent_presets() -> list[str]:
+    """The agent presets that define a PPO agent (they have a ``ppo`` section), ``lop`` aside."""
+    return [n for n in preset_names("agents") if n != "lop" and "ppo" in load_preset("agents", n)]
 
 
 def validate(cfg: RLRunConfig) -> None:

@@ -15,18 +15,29 @@ from plasticity_rl.methods.base import (
     resolve_hidden_layers,
 )
 from plasticity_rl.methods.continual_backprop import ContinualBackprop
+from plasticity_rl.methods.ewc import EWC
+from plasticity_rl.methods.mas import MAS
 from plasticity_rl.methods.neuronal_decay import NeuronalDecay
+from plasticity_rl.methods.penalty import QuadraticPenalty, SampledImportancePenalty
 from plasticity_rl.methods.redo import ReDo
+from plasticity_rl.methods.replay import Replay
 from plasticity_rl.methods.shrink_and_perturb import ShrinkAndPerturb
+from plasticity_rl.methods.si import SI
 
 __all__ = [
     "METHODS",
     "ContinualBackprop",
+    "EWC",
     "HiddenLayerMethod",
+    "MAS",
     "Method",
     "MethodHandle",
     "NeuronalDecay",
+    "QuadraticPenalty",
     "ReDo",
+    "Replay",
+    "SI",
+    "SampledImportancePenalty",
     "ShrinkAndPerturb",
     "attach_methods",
     "make_method",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +32,9 @@ from plasticity_rl.nn.layers import layer_parameter, sample_weight, set_weight
 from plasticity_rl.nn.mlp import HiddenLayer, hidden_layers
 from plasticity_rl.optim.state import reset_optimizer_state
 from plasticity_rl.registry import Registry, require
+
+if TYPE_CHECKING:
+    from plasticity_rl.supervised.streams import Task
 
 Network = nn.Module | Sequence[nn.Module]
 """A module, or a list of modules in forward order."""
@@ -57,7 +60,14 @@ class Method:
 
     Subclasses implement :meth:`_attach`, and override :meth:`state_dict` /
     :meth:`load_state_dict` / :meth:`stats` when they keep state or counters.
+
+    Task-aware methods (EWC, MAS, SI, replay) also override :meth:`on_batch` and/or
+    :meth:`on_task_end`. These hooks are called by the supervised trainer; PPO has no task
+    boundaries and never calls them, so it must refuse methods with ``uses_task_boundaries``.
     """
+
+    uses_task_boundaries: bool = False
+    """True if the method needs the supervised trainer's :meth:`on_batch` / :meth:`on_task_end`."""
 
     def __init__(self) -> None:
         self._attached = False
@@ -71,6 +81,16 @@ class Method:
 
     def _attach(self, model: Model, optimizer: torch.optim.Optimizer) -> list[RemovableHandle]:
         raise NotImplementedError
+
+    def on_batch(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The training batch to use instead of ``(x, y)``; unchanged by default.
+
+        Called by the supervised trainer before each training forward (never by PPO).
+        """
+        return x, y
+
+    def on_task_end(self, task: Task, model: nn.Module) -> None:
+        """Called by the supervised trainer once after the last step on ``task`` (never by PPO)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly: tensors and plain numbers only."""

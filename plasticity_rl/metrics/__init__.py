@@ -1,5 +1,15 @@
 """Metrics of network health and of learning."""
 
+from plasticity_rl.metrics.continual import (
+    accuracy_matrix,
+    average_accuracy,
+    average_forgetting,
+    backward_transfer,
+    binned_mean,
+    forgetting,
+    online_accuracy,
+    stability_gap,
+)
 from plasticity_rl.metrics.network import (
     HookHandles,
     WeightChangeMonitor,
@@ -20,14 +30,22 @@ from plasticity_rl.metrics.network import (
 __all__ = [
     "HookHandles",
     "WeightChangeMonitor",
+    "accuracy_matrix",
     "activation_sparsity",
+    "average_accuracy",
+    "average_forgetting",
+    "backward_transfer",
+    "binned_mean",
     "collect_activations",
     "dead_fraction",
     "dormancy_scores",
     "dormant_ratio",
     "effective_rank",
+    "forgetting",
     "layer_health",
+    "online_accuracy",
     "srank",
+    "stability_gap",
     "stable_rank",
     "weight_change",
     "weight_magnitude",

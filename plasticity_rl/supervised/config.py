@@ -1,0 +1,91 @@
+"""The typed config of one supervised continual-learning run.
+
+A stream preset (``envs/*.yaml`` with ``stream``, ``dataset``, ``kwargs``) fills ``stream``; an
+agent preset (``agents/*.yaml``) fills ``network``, ``optimizer``, ``method`` and ``train``.
+Any field can be overridden with ``--set key=value``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from plasticity_rl.nn import MLPConfig
+from plasticity_rl.registry import require
+
+NETWORK_KINDS = ("mlp", "cnn")
+
+
+@dataclass
+class StreamConfig:
+    """Which task stream (``plasticity_rl.supervised.streams.STREAMS``) and dataset."""
+
+    stream: str = "split"
+    dataset: str | None = "mnist"
+    """``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, or null for generated data."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class NetworkConfig(MLPConfig):
+    """An MLP (the :class:`MLPConfig` fields) or a small CNN with an MLP head."""
+
+    kind: str = "mlp"
+    """``mlp`` or ``cnn`` (conv blocks of ``channels``, then the MLP head)."""
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    """Conv channels of the CNN blocks (``kind: cnn`` only)."""
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64
+    """Examples per optimiser step (online streams always use 1)."""
+    epochs_per_task: int = 1
+    eval_every_steps: int = 0
+    """Continual evaluation (stability gap) every this many optimiser steps on a fixed subset
+    of each task's test set; 0 = evaluate only at task ends."""
+    eval_examples_per_task: int = 1000
+    """Size of the fixed test subset per task used by continual evaluation."""
+    probe_size: int = 2000
+    """Training examples of the finished task used for the plasticity metrics at each switch."""
+    log_every_steps: int = 100
+    """Training loss (and online accuracy) logged every this many optimiser steps."""
+    stop_after_tasks: int | None = None
+    """Stop (with a checkpoint) after this many tasks, e.g. to continue later with --resume."""
+
+
+@dataclass
+class SupervisedRunConfig:
+    """Everything that defines one supervised run; saved as ``config.yaml``."""
+
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    network: NetworkConfig = field(default_factory=lambda: NetworkConfig(hidden_sizes=[1000]))
+    optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "sgd", "lr": 0.01})
+    """Optimiser preset and settings, ``update_clip`` included (see ``plasticity_rl.optim``)."""
+    method: dict[str, Any] = field(default_factory=dict)
+    """Interventions and continual-learning methods by name, with their settings."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    data_dir: str | None = None
+    """Directory with the dataset files (None: the download cache)."""
+    env_preset: str = ""
+    agent_preset: str = ""
+
+
+def validate(cfg: SupervisedRunConfig) -> None:
+    """Range checks that types alone cannot express; raises ``ConfigError``."""
+    t = cfg.train
+    require(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
+    require(t.epochs_per_task >= 1, "train.epochs_per_task", t.epochs_per_task, "an integer >= 1")
+    require(t.eval_every_steps >= 0, "train.eval_every_steps", t.eval_every_steps, ">= 0")
+    require(t.eval_examples_per_task >= 1, "train.eval_examples_per_task",
+            t.eval_examples_per_task, "an integer >= 1")  # fmt: skip
+    require(t.probe_size >= 1, "train.probe_size", t.probe_size, "an integer >= 1")
+    require(t.log_every_steps >= 1, "train.log_every_steps", t.log_every_steps, ">= 1")
+    require(
+        t.stop_after_tasks is None or t.stop_after_tasks >= 1,
+        "train.stop_after_tasks",
+        t.stop_after_tasks,
+        "null or an integer >= 1",
+    )
+    require(cfg.network.kind in NETWORK_KINDS, "network.kind", cfg.network.kind, NETWORK_KINDS)
