@@ -224,7 +224,7 @@ def test_weight_change_monitor_keeps_max_step_change():
     optimizer = torch.optim.SGD([{"params": model.parameters()}, {"params": [extra]}], lr=0.1)
     monitor = WeightChangeMonitor()
     handle = monitor.attach(model, optimizer)
-    assert monitor.pop_max() is None  # no step yet
+    assert monitor.pop_max() == {}  # no step yet
 
     extra.grad = torch.ones(10)
     sgd_step_on_sum(model, optimizer)  # 8 entries * 0.1 = 0.8
@@ -232,16 +232,29 @@ def test_weight_change_monitor_keeps_max_step_change():
     sgd_step_on_sum(model, optimizer)  # 8 * 0.3 = 2.4
     optimizer.param_groups[0]["lr"] = 0.1
     sgd_step_on_sum(model, optimizer)  # 0.8 again; the max stays 2.4
-    assert monitor.pop_max() == pytest.approx(2.4, rel=1e-5)
-    assert monitor.pop_max() is None  # reset by the pop
+    assert monitor.pop_max() == {"model": pytest.approx(2.4, rel=1e-5)}
+    assert monitor.pop_max() == {}  # reset by the pop
 
     sgd_step_on_sum(model, optimizer)
-    assert monitor.pop_max() == pytest.approx(0.8, rel=1e-5)
+    assert monitor.pop_max() == {"model": pytest.approx(0.8, rel=1e-5)}
 
     handle.remove()
     assert not optimizer._optimizer_step_pre_hooks and not optimizer._optimizer_step_post_hooks
     sgd_step_on_sum(model, optimizer)
-    assert monitor.pop_max() is None
+    assert monitor.pop_max() == {}
+
+
+def test_weight_change_monitor_reports_each_named_model():
+    first, second = nn.Linear(3, 2), nn.Linear(4, 1)  # 8 and 5 entries
+    optimizer = torch.optim.SGD([*first.parameters(), *second.parameters()], lr=0.1)
+    monitor = WeightChangeMonitor()
+    monitor.attach({"pi": first, "vf": second}, optimizer)
+    optimizer.zero_grad()
+    (first(torch.ones(1, 3)).sum() + second(torch.ones(1, 4)).sum()).backward()
+    # d/dw of sum(W x + b) with x = 1: every weight and bias entry has gradient (number of
+    # outputs it feeds) = 1, so each entry moves by lr = 0.1: 0.8 and 0.5
+    optimizer.step()
+    assert monitor.pop_max() == {"pi": pytest.approx(0.8), "vf": pytest.approx(0.5)}
 
 
 def manual_hidden_outputs(net, x):

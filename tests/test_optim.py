@@ -13,6 +13,7 @@ from plasticity_rl.optim import (
     attach_step_hooks,
     clip_updates,
     make_optimizer,
+    reset_optimizer_state,
     sb3_optimizer_args,
 )
 from plasticity_rl.registry import ConfigError
@@ -75,8 +76,8 @@ def test_adam_step_is_per_element_and_resets_per_element():
     assert state["step"].shape == p.shape and state["step"].dtype == torch.float32
     torch.testing.assert_close(state["step"], torch.tensor([2.0, 2.0, 2.0]))
     # Reset element 0 as an AdamGnT-style intervention would.
-    for key in ("step", "exp_avg", "exp_avg_sq"):
-        state[key][0] = 0.0
+    reset_optimizer_state(optimizer, p, torch.tensor([0]), 0, "zero_moments_and_step")
+    assert state["exp_avg"][0] == 0 and state["exp_avg_sq"][0] == 0
     before = p.detach().clone()
     _set_grad_and_step(optimizer, p, [-4.0, -2.0, 3.0])
     torch.testing.assert_close(state["step"], torch.tensor([1.0, 3.0, 3.0]))
@@ -95,7 +96,7 @@ def test_adam_state_dict_round_trip_keeps_per_element_steps():
     p, q = _scalar_param([0.0, 0.0]), _scalar_param([0.0, 0.0])
     first = Adam([p], lr=0.1)
     _set_grad_and_step(first, p, [1.0, 1.0])
-    first.state[p]["step"][1] = 0.0
+    reset_optimizer_state(first, p, torch.tensor([1]), 0, "zero_moments_and_step")
     second = Adam([q], lr=0.1)
     second.load_state_dict(first.state_dict())
     torch.testing.assert_close(second.state[q]["step"], torch.tensor([1.0, 0.0]))

@@ -25,7 +25,7 @@ def _stepped(optimizer_class: type[torch.optim.Optimizer], **kwargs) -> tuple:
 
 
 def _snapshot(optimizer: torch.optim.Optimizer, p: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in optimizer.state[p].items()}
+    return {k: v.clone() for k, v in optimizer.state[p].items() if isinstance(v, torch.Tensor)}
 
 
 def _sliced(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -42,6 +42,7 @@ def test_our_adam_modes_touch_exactly_the_slice(dim: int):
         p, optimizer = _stepped(Adam, lr=0.1)
         before = _snapshot(optimizer, p)
         assert set(before) == {"exp_avg", "exp_avg_sq", "step"}
+        assert optimizer.state[p]["uniform_step"] == 2
         assert torch.all(before["step"] == 2) and torch.all(before["exp_avg"] != 0)
         reset_optimizer_state(optimizer, p, ROWS, dim, mode)
         after = optimizer.state[p]
@@ -55,6 +56,7 @@ def test_our_adam_modes_touch_exactly_the_slice(dim: int):
             assert torch.equal(_sliced(after[key], dim), expected(_sliced(before[key], dim)))
         expected_step = 0.0 if step_zeroed else 2.0
         assert torch.all(_sliced(after["step"], dim) == expected_step), mode
+        assert after["uniform_step"] == (None if step_zeroed else 2), mode
 
 
 def test_torch_adam_keeps_a_scalar_step_so_zeroing_it_is_a_config_error():

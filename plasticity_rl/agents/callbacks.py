@@ -65,13 +65,12 @@ class PlasticityCallback(BaseCallback):
             "next_metrics": logging.metrics_every_env_steps,
             "next_checkpoint": logging.checkpoint_every_env_steps,
         }
-        self._monitors = {name: WeightChangeMonitor() for name in networks}
+        self._monitor = WeightChangeMonitor()
         self._handles: list[Any] = []
         self._env_values: dict[int, dict[str, float]] = {}
 
     def _on_training_start(self) -> None:
-        optimizer = self.model.policy.optimizer
-        self._handles = [m.attach(self.networks[n], optimizer) for n, m in self._monitors.items()]
+        self._handles = [self._monitor.attach(self.networks, self.model.policy.optimizer)]
 
     def _on_step(self) -> bool:
         for i, info in enumerate(self.locals.get("infos", ())):
@@ -131,9 +130,8 @@ class PlasticityCallback(BaseCallback):
                 for metric, value in layer_health(h, self.cfg.dormant_tau).items():
                     record(f"plasticity/{net_name}/{layer_name}/{metric}", value)
             record(f"plasticity/{net_name}/weight_magnitude", weight_magnitude(net))
-            change = self._monitors[net_name].pop_max()
-            if change is not None:
-                record(f"plasticity/{net_name}/max_weight_change", change)
+        for net_name, change in self._monitor.pop_max().items():
+            record(f"plasticity/{net_name}/max_weight_change", change)
 
     def _log_method_counters(self) -> None:
         for method in self.methods.values():

@@ -11,7 +11,7 @@ The rank metrics use the singular values sigma_1 >= sigma_2 >= ... of ``h``, com
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -214,51 +214,67 @@ class WeightChangeMonitor:
 
     Measured on the tensors the optimiser updates (for a parametrized layer that is the
     trained tensor behind the weight, e.g. Powerprop's v), restricted to the parameters of
-    the model given to :meth:`attach`; biases are included.
+    each model given to :meth:`attach`; biases are included. Several named models (a policy
+    and a value network) share one set of hooks: per step, one copy, one subtraction and one
+    L1 norm over all their tensors, so the cost stays small inside a training loop.
 
     Example::
 
         monitor = WeightChangeMonitor()
-        handle = monitor.attach(model, optimizer)
+        handle = monitor.attach({"pi": policy_net, "vf": value_net}, optimizer)
         ...  # optimizer.step() several times
-        largest = monitor.pop_max()  # largest step change since the last pop, None if no step
+        largest = monitor.pop_max()  # {"pi": ..., "vf": ...} since the last pop; {} if no step
         handle.remove()
     """
 
     def __init__(self) -> None:
         self._params: list[Tensor] = []
         self._before: list[Tensor] = []
-        self._max: float | None = None
+        self._groups = torch.zeros(0, 0)  # (models, tensors): 1 where a tensor is in a model
+        self._names: list[str] = []
+        self._max: Tensor | None = None
 
-    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> HookHandles:
-        """Hook ``optimizer``'s steps; returns a handle whose ``remove()`` detaches both hooks."""
-        model_params = {id(p) for p in model.parameters()}
+    def attach(
+        self, model: nn.Module | Mapping[str, nn.Module], optimizer: torch.optim.Optimizer
+    ) -> HookHandles:
+        """Hook ``optimizer``'s steps; returns a handle whose ``remove()`` detaches both hooks.
+
+        A single module is reported under the name ``"model"``.
+        """
+        models = dict(model) if isinstance(model, Mapping) else {"model": model}
+        self._names = list(models)
+        members = [{id(p) for p in m.parameters()} for m in models.values()]
+        watched = set().union(*members)
 
         def snapshot(*_: Any) -> None:
-            self._params = [
-                p
-                for group in optimizer.param_groups
-                for p in group["params"]
-                if id(p) in model_params
+            params = [
+                p for group in optimizer.param_groups for p in group["params"] if id(p) in watched
             ]
-            self._before = [p.detach().clone() for p in self._params]
+            if [id(p) for p in params] != [id(p) for p in self._params]:
+                self._params, self._before = params, [p.detach().clone() for p in params]
+                self._groups = torch.tensor(
+                    [[float(id(p) in ids) for p in params] for ids in members]
+                )
+            else:  # reuse the buffers: no allocation
+                torch._foreach_copy_(self._before, [p.detach() for p in params])
 
         def record(*_: Any) -> None:
             if not self._params:
                 return
-            pairs = zip(self._params, self._before, strict=True)
-            change = torch.stack([(p.detach() - b).abs().sum() for p, b in pairs]).sum().item()
-            self._params, self._before = [], []
-            self._max = change if self._max is None else max(self._max, change)
+            with torch.no_grad():
+                diffs = torch._foreach_sub([p.detach() for p in self._params], self._before)
+                norms = torch.stack(torch._foreach_norm(diffs, 1)).to(self._groups.dtype)
+                change = self._groups @ norms
+            self._max = change if self._max is None else torch.maximum(self._max, change)
 
         return HookHandles(
             [optimizer.register_step_pre_hook(snapshot), optimizer.register_step_post_hook(record)]
         )
 
-    def pop_max(self) -> float | None:
-        """The largest step change since the last call (then reset); None if no step since."""
+    def pop_max(self) -> dict[str, float]:
+        """The largest step change of each model since the last call (then reset); {} if none."""
         value, self._max = self._max, None
-        return value
+        return {} if value is None else dict(zip(self._names, value.tolist(), strict=True))
 
 
 def collect_activations(

@@ -33,6 +33,11 @@ def check_adam_args(
     return float(betas[0]), float(betas[1])
 
 
+UNIFORM_STEP = "uniform_step"
+"""State key: the step count shared by every element of the tensor, or None once a reset
+(:func:`plasticity_rl.optim.state.reset_optimizer_state`) made the counts differ."""
+
+
 class Adam(torch.optim.Optimizer):
     """Adam (Kingma & Ba 2015) with a per-element step count and optional bias correction.
 
@@ -46,7 +51,9 @@ class Adam(torch.optim.Optimizer):
     (Hard ASH). Dohare et al. 2024 tune beta1 = beta2 = 0.99 (preset ``adam_tuned``).
 
     State per parameter: ``exp_avg`` (m), ``exp_avg_sq`` (v) and ``step`` (t), each a tensor of
-    the parameter's shape and dtype. A float32 step count is exact up to 2^24 steps.
+    the parameter's shape and dtype (a float32 step count is exact up to 2^24 steps), and
+    ``uniform_step`` (:data:`UNIFORM_STEP`), which lets tensors without reset elements use
+    scalar bias corrections (as fast as ``torch.optim.Adam``).
 
     Args:
         params: parameters or parameter groups.
@@ -96,12 +103,16 @@ class Adam(torch.optim.Optimizer):
                     state["step"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state[UNIFORM_STEP] = 0
+                if state.get(UNIFORM_STEP) is not None:
+                    state[UNIFORM_STEP] += 1
             _adam_update(
                 params,
                 [p.grad for p in params],
                 [self.state[p]["exp_avg"] for p in params],
                 [self.state[p]["exp_avg_sq"] for p in params],
                 [self.state[p]["step"] for p in params],
+                [self.state[p].get(UNIFORM_STEP) for p in params],
                 lr=group["lr"],
                 betas=group["betas"],
                 eps=group["eps"],
@@ -117,6 +128,7 @@ def _adam_update(
     exp_avgs: list[Tensor],
     exp_avg_sqs: list[Tensor],
     steps: list[Tensor],
+    uniform_steps: list[int | None],
     *,
     lr: float,
     betas: tuple[float, float],
@@ -124,7 +136,12 @@ def _adam_update(
     weight_decay: float,
     bias_correction: bool,
 ) -> None:
-    """The update formula of :class:`Adam`, vectorised over parameters with ``_foreach`` ops."""
+    """The update formula of :class:`Adam`, vectorised over parameters with ``_foreach`` ops.
+
+    A tensor whose elements all share one step count (``uniform_steps[i]`` is that count; no
+    element was reset) takes the scalar bias corrections torch's Adam uses; the others take
+    the element-wise ones. Both compute m / ((1 - beta1^t) (sqrt(v / (1 - beta2^t)) + eps)).
+    """
     beta1, beta2 = betas
     if weight_decay != 0:
         grads = torch._foreach_add(grads, params, alpha=weight_decay)
@@ -132,15 +149,29 @@ def _adam_update(
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1.0 - beta2)
     torch._foreach_add_(steps, 1.0)
-    # m_hat / (sqrt(v_hat) + eps) = m / ((1 - beta1^t) (sqrt(v / (1 - beta2^t)) + eps))
-    denom = exp_avg_sqs
-    if bias_correction:
-        denom = torch._foreach_div(exp_avg_sqs, _one_minus_pow(beta2, steps))
-    denom = torch._foreach_sqrt(denom)
-    torch._foreach_add_(denom, eps)
-    if bias_correction:
-        torch._foreach_mul_(denom, _one_minus_pow(beta1, steps))
-    torch._foreach_addcdiv_(params, exp_avgs, denom, value=-lr)
+    if not bias_correction:
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_addcdiv_(params, exp_avgs, denom, value=-lr)
+        return
+    uniform = [i for i, t in enumerate(uniform_steps) if t is not None]
+    if uniform:
+        pick = lambda xs: [xs[i] for i in uniform]  # noqa: E731
+        counts = [uniform_steps[i] for i in uniform]
+        denom = torch._foreach_sqrt(pick(exp_avg_sqs))
+        torch._foreach_div_(denom, [math.sqrt(1.0 - beta2**t) for t in counts])
+        torch._foreach_add_(denom, eps)
+        step_sizes = [-lr / (1.0 - beta1**t) for t in counts]
+        torch._foreach_addcdiv_(pick(params), pick(exp_avgs), denom, step_sizes)
+    mixed = [i for i, t in enumerate(uniform_steps) if t is None]
+    if mixed:
+        pick = lambda xs: [xs[i] for i in mixed]  # noqa: E731
+        mixed_steps = pick(steps)
+        denom = torch._foreach_div(pick(exp_avg_sqs), _one_minus_pow(beta2, mixed_steps))
+        denom = torch._foreach_sqrt(denom)
+        torch._foreach_add_(denom, eps)
+        torch._foreach_mul_(denom, _one_minus_pow(beta1, mixed_steps))
+        torch._foreach_addcdiv_(pick(params), pick(exp_avgs), denom, value=-lr)
 
 
 def _one_minus_pow(beta: float, steps: list[Tensor]) -> list[Tensor]:

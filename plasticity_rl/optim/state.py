@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from plasticity_rl.optim.adam import UNIFORM_STEP
 from plasticity_rl.registry import ConfigError, require
 
 OPTIMIZER_STATE_RESETS = ("keep", "zero_moments", "zero_moments_and_step")
@@ -56,7 +57,7 @@ def reset_optimizer_state(
     state = optimizer.state.get(param)
     if mode == "keep" or not state:
         return
-    for key, value in state.items():
+    for key, value in list(state.items()):
         if key == "step":
             if mode != "zero_moments_and_step":
                 continue
@@ -68,6 +69,8 @@ def reset_optimizer_state(
                     "which keeps one step count per tensor",
                 )
             value.index_fill_(dim, index, 0)
+            if UNIFORM_STEP in state:
+                state[UNIFORM_STEP] = None  # the elements' step counts now differ
         elif isinstance(value, Tensor) and value.shape == param.shape:
             value.index_fill_(dim, index, _reset_value(optimizer, param, key))
 
