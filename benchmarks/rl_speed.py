@@ -28,6 +28,7 @@ from stable_baselines3 import PPO
 from torch import nn
 
 from plasticity_rl.agents import RLRunConfig, build_agent, make_env, rl_agent_presets, train
+from plasticity_rl.agents.train import ppo_kwargs
 from plasticity_rl.config import load_preset, resolve
 
 ENV_PRESET = "hopper-friction"
@@ -47,22 +48,11 @@ def time_plain_sb3(total_steps: int) -> float:
     """SB3's own MlpPolicy with the same sizes and PPO settings, no callback."""
     cfg = config("ppo", total_steps)
     env = make_env(cfg)
-    p = cfg.ppo
     model = PPO(
         "MlpPolicy",
         env,
         learning_rate=1e-4,
-        n_steps=p.n_steps,
-        batch_size=p.batch_size,
-        n_epochs=p.n_epochs,
-        gamma=p.gamma,
-        gae_lambda=p.gae_lambda,
-        clip_range=p.clip_range,
-        ent_coef=p.ent_coef,
-        vf_coef=p.vf_coef,
-        max_grad_norm=float("inf"),
-        seed=0,
-        device="cpu",
+        **ppo_kwargs(cfg),
         policy_kwargs={"net_arch": {"pi": [256, 256], "vf": [256, 256]}, "activation_fn": nn.ReLU},
     )
     start = time.perf_counter()

@@ -67,34 +67,41 @@ def make_env(cfg: RLRunConfig) -> VecEnv:
     return env
 
 
+def ppo_kwargs(cfg: RLRunConfig) -> dict[str, Any]:
+    """SB3 ``PPO`` keyword arguments from ``cfg.ppo`` (no policy or learning rate), CPU."""
+    p = cfg.ppo
+    return {
+        "n_steps": p.n_steps,
+        "batch_size": p.batch_size,
+        "n_epochs": p.n_epochs,
+        "gamma": p.gamma,
+        "gae_lambda": p.gae_lambda,
+        "clip_range": p.clip_range,
+        "ent_coef": p.ent_coef,
+        "vf_coef": p.vf_coef,
+        "max_grad_norm": float("inf") if p.max_grad_norm is None else p.max_grad_norm,
+        "normalize_advantage": p.normalize_advantage,
+        "target_kl": p.target_kl,
+        "seed": cfg.seed,
+        "device": "cpu",
+    }
+
+
 def build_agent(cfg: RLRunConfig, env: VecEnv) -> tuple[PPO, dict[str, Method]]:
     """PPO with the configured networks and optimiser, and the interventions attached."""
     name, optimizer_kwargs = split_spec(cfg.optimizer, "optimizer")
     lr = float(optimizer_kwargs.pop("lr", 1e-4))
     update_clip = optimizer_kwargs.pop("update_clip", None)
     optimizer_class, optimizer_kwargs = sb3_optimizer_args({"name": name, **optimizer_kwargs})
-    p = cfg.ppo
     model = PPO(
         PlasticityActorCriticPolicy,
         env,
         learning_rate=lr,
-        n_steps=p.n_steps,
-        batch_size=p.batch_size,
-        n_epochs=p.n_epochs,
-        gamma=p.gamma,
-        gae_lambda=p.gae_lambda,
-        clip_range=p.clip_range,
-        ent_coef=p.ent_coef,
-        vf_coef=p.vf_coef,
-        max_grad_norm=float("inf") if p.max_grad_norm is None else p.max_grad_norm,
-        normalize_advantage=p.normalize_advantage,
-        target_kl=p.target_kl,
-        seed=cfg.seed,
-        device="cpu",
+        **ppo_kwargs(cfg),
         policy_kwargs={
             "policy_net": asdict(cfg.policy_net),
             "value_net": asdict(cfg.value_net),
-            "log_std_init": p.log_std_init,
+            "log_std_init": cfg.ppo.log_std_init,
             "optimizer_class": optimizer_class,
             "optimizer_kwargs": optimizer_kwargs,
         },
