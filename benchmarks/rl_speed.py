@@ -8,7 +8,7 @@ repeats is reported. The presets include everything a real run does: our policy 
 the interventions, the network-health metrics (every 10,000 env steps, as by default) and
 checkpoints (every 100,000 steps). Writes a dated markdown table to ``benchmarks/results/``.
 
-    python benchmarks/rl_speed.py            # 20,480 env steps per run, 3 repeats
+    python benchmarks/rl_speed.py            # 20,480 env steps per run, 3 repeats (~25 min)
     python benchmarks/rl_speed.py --quick    # 10,240 env steps per run, 1 repeat
 """
 
@@ -62,15 +62,25 @@ def time_plain_sb3(total_steps: int) -> float:
     return model.num_timesteps / elapsed
 
 
-def time_preset(agent: str, total_steps: int) -> float:
-    """A full run of the preset through ``train`` (callback, metrics, checkpoints included)."""
+def time_preset(agent: str, total_steps: int, bare: bool = False) -> float:
+    """A full run of the preset through ``train`` (callback, metrics, checkpoints included).
+
+    ``bare``: the same network, optimiser and PPO settings learning without interventions,
+    callback, metrics or checkpoints; the difference to the full run is their cost.
+    """
     cfg = config(agent, total_steps)
+    if bare:
+        cfg.method = {}
     env = make_env(cfg)
     model, methods = build_agent(cfg, env)
-    with tempfile.TemporaryDirectory() as run_dir:
-        start = time.perf_counter()
-        train(cfg, Path(run_dir), progress_bar=False, prepared=(env, model, methods))
-        elapsed = time.perf_counter() - start
+    start = time.perf_counter()
+    if bare:
+        model.learn(total_timesteps=total_steps)
+    else:
+        with tempfile.TemporaryDirectory() as run_dir:
+            train(cfg, Path(run_dir), progress_bar=False, prepared=(env, model, methods))
+    elapsed = time.perf_counter() - start
+    env.close()
     return model.num_timesteps / elapsed
 
 
@@ -80,7 +90,8 @@ def main() -> None:
     args = parser.parse_args()
     total_steps, repeats = (10_240, 1) if args.quick else (20_480, 3)
     torch.set_num_threads(1)
-    variants = ["plain SB3 PPO", *rl_agent_presets()]
+    presets = rl_agent_presets()
+    variants = ["plain SB3 PPO", *(f"{p} {kind}" for p in presets for kind in ("bare", "full"))]
     speeds: dict[str, list[float]] = {v: [] for v in variants}
     wall = time.perf_counter()
     for repeat in range(repeats):
@@ -88,11 +99,12 @@ def main() -> None:
             if variant == "plain SB3 PPO":
                 speed = time_plain_sb3(total_steps)
             else:
-                speed = time_preset(variant, total_steps)
+                preset, kind = variant.split()
+                speed = time_preset(preset, total_steps, bare=kind == "bare")
             speeds[variant].append(speed)
-            print(f"repeat {repeat + 1}/{repeats} {variant:>16}: {speed:7.1f} env steps/s")
+            print(f"repeat {repeat + 1}/{repeats} {variant:>22}: {speed:7.1f} env steps/s")
     wall = time.perf_counter() - wall
-    base = statistics.median(speeds["plain SB3 PPO"])
+    median = {v: statistics.median(speeds[v]) for v in variants}
     lines = [
         f"# PPO speed, {date.today().isoformat()}",
         "",
@@ -102,13 +114,26 @@ def main() -> None:
         f"repeat(s); wall time of the benchmark {wall / 60:.1f} min. "
         f"Command: `python benchmarks/rl_speed.py{' --quick' if args.quick else ''}`.",
         "",
-        "| variant | env steps/s (median) | runs | vs plain SB3 |",
-        "|---|---|---|---|",
+        "*bare*: the preset's network, optimiser and PPO settings, learning with no "
+        "interventions, no callback, no metrics, no checkpoints. *full*: the preset as "
+        "`train_rl.py` runs it (interventions, network-health metrics every 10,000 steps, "
+        "weight-change monitor on every optimiser step, checkpoint at the end). The overhead "
+        "of interventions + metrics is full vs bare. Plain SB3 PPO (its own MlpPolicy, "
+        "orthogonal init, torch Adam) is the reference; its speed also differs because a "
+        "different init changes how often the hopper falls (env resets).",
+        "",
+        f"Plain SB3 PPO: {median['plain SB3 PPO']:.0f} env steps/s "
+        f"(runs: {', '.join(f'{s:.0f}' for s in speeds['plain SB3 PPO'])}).",
+        "",
+        "| preset | bare (env steps/s) | full (env steps/s) | full vs bare | full vs plain SB3 |",
+        "|---|---|---|---|---|",
     ]
-    for variant in variants:
-        median = statistics.median(speeds[variant])
-        runs = ", ".join(f"{s:.0f}" for s in speeds[variant])
-        lines.append(f"| {variant} | {median:.0f} | {runs} | {100 * (median / base - 1):+.1f}% |")
+    for preset in presets:
+        bare, full = median[f"{preset} bare"], median[f"{preset} full"]
+        lines.append(
+            f"| `{preset}` | {bare:.0f} | {full:.0f} | {100 * (full / bare - 1):+.1f}% "
+            f"| {100 * (full / median['plain SB3 PPO'] - 1):+.1f}% |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(exist_ok=True)
