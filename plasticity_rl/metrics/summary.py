@@ -1,9 +1,12 @@
-"""Summaries across seeds: mean with a 95% confidence interval (Student's t)."""
+"""Summaries across seeds: mean with a 95% confidence interval (Student's t or bootstrap)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 
 # Two-sided 95% critical values of Student's t for 1..30 degrees of freedom.
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -25,3 +28,39 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
     return mean, t * std / math.sqrt(n)
+
+
+def bootstrap_ci(
+    values_per_seed: Any,
+    confidence: float = 0.95,
+    num_resamples: int = 10_000,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean across seeds and its percentile bootstrap confidence interval (Efron 1979).
+
+    ``values_per_seed`` has shape ``(n_seeds,)`` or ``(n_seeds, n_points)`` (one curve per seed
+    on common points; each point is treated on its own). Draw ``num_resamples`` sets of n seeds
+    with replacement, take each set's mean; the interval is the ``(1 - confidence) / 2`` and
+    ``(1 + confidence) / 2`` quantiles of those means (NumPy's linear interpolation). A resample
+    is drawn as the counts of each seed (multinomial), so its mean is ``counts @ values / n``
+    and memory stays ``num_resamples x n_points``; the same draws serve every point.
+
+    Returns:
+        ``(mean, low, high)``, each of shape ``values_per_seed.shape[1:]``. With one seed the
+        interval is NaN.
+    """
+    values = np.asarray(values_per_seed, dtype=np.float64)
+    if values.ndim == 0 or len(values) == 0:
+        raise ValueError("bootstrap_ci needs at least one value per seed")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence: got {confidence!r}; allowed: a number in (0, 1)")
+    mean = values.mean(axis=0)
+    if len(values) == 1:
+        nan = np.full_like(mean, np.nan)
+        return mean, nan, nan.copy()
+    n = len(values)
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=num_resamples)
+    means = np.tensordot(counts, values, axes=1) / n
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail], axis=0)
+    return mean, low, high

@@ -1,0 +1,120 @@
+"""Magnitude pruning of a finished supervised run (Schwarz et al. 2021, Powerpropagation, Fig. 2).
+
+The network is rebuilt from the run's ``config.yaml`` and loaded from
+``checkpoints/latest.pt`` (the state after the last task); for each fraction f the
+``round(f * N)`` weights of smallest |w| among all N weights of the network (every weight
+matrix and conv kernel, biases excluded; one global threshold across layers) are set to zero and
+the test accuracy of every task is measured, with each task's class mask as in training.
+Reparametrised weights (Powerprop w = v |v|^(alpha - 1), weight norm) are pruned in their
+effective value w: the parametrizations are removed first, keeping w.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from torch.nn.utils import parametrize
+
+from plasticity_rl.config import resolve
+from plasticity_rl.registry import require
+from plasticity_rl.supervised.config import SupervisedRunConfig
+from plasticity_rl.supervised.streams import TaskStream
+from plasticity_rl.supervised.trainer import (
+    CHECKPOINT,
+    accuracy,
+    build_network,
+    build_stream,
+    class_mask,
+)
+
+PRUNING_RESULTS = "pruning.json"
+"""Written into the run directory by :func:`write_pruning_results`."""
+
+
+def prunable_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The weight tensors magnitude pruning acts on: every parameter named ``weight`` with at
+    least two dimensions (linear and conv layers; biases and norm scales excluded)."""
+    return [p for name, p in model.named_parameters() if name.endswith("weight") and p.ndim >= 2]
+
+
+@torch.no_grad()
+def prune_smallest_(weights: Sequence[torch.Tensor], fraction: float) -> int:
+    """Zero the ``round(fraction * N)`` entries of smallest |w| over all ``weights`` in place.
+
+    One global ranking across tensors; ties are broken by position. Returns how many were set
+    to zero.
+    """
+    require(0.0 <= fraction <= 1.0, "magnitude_pruning.fractions", fraction, "numbers in [0, 1]")
+    magnitudes = torch.cat([w.detach().abs().flatten() for w in weights])
+    count = round(fraction * magnitudes.numel())
+    mask = torch.ones_like(magnitudes, dtype=torch.bool)
+    mask[torch.argsort(magnitudes, stable=True)[:count]] = False
+    offset = 0
+    for w in weights:
+        w.mul_(mask[offset : offset + w.numel()].view_as(w))
+        offset += w.numel()
+    return count
+
+
+def load_finished_network(
+    run_dir: Path, data_dir: str | None = None
+) -> tuple[nn.Module, TaskStream]:
+    """The run's network with its final weights (parametrizations removed), and its stream."""
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    overrides = [] if data_dir is None else [f"data_dir={data_dir}"]
+    cfg = resolve(SupervisedRunConfig, saved, overrides=overrides)
+    stream = build_stream(cfg)
+    require(isinstance(stream, TaskStream), "stream", cfg.stream.stream, "a classification stream")
+    model = build_network(cfg, tuple(stream.input_shape), stream.num_classes)
+    state = torch.load(run_dir / CHECKPOINT, weights_only=True)
+    model.load_state_dict(state["model"])
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    model.eval()
+    return model, stream
+
+
+def magnitude_pruning_accuracy(
+    run_dir: Path, fractions: Sequence[float], data_dir: str | None = None
+) -> dict[str, Any]:
+    """Test accuracy (%) of every task after pruning each fraction of the smallest weights.
+
+    Returns ``{"fractions", "average_accuracy" (mean over tasks, one per fraction),
+    "accuracy_per_task" (one list per fraction), "pruned_weights", "total_weights"}``.
+    """
+    model, stream = load_finished_network(Path(run_dir), data_dir)
+    weights = prunable_weights(model)
+    original = [w.detach().clone() for w in weights]
+    tasks = [(t.test_x, t.test_y, class_mask(t, stream.num_classes)) for t in stream.tasks]
+    result: dict[str, Any] = {
+        "fractions": [float(f) for f in fractions],
+        "average_accuracy": [],
+        "accuracy_per_task": [],
+        "pruned_weights": [],
+        "total_weights": sum(w.numel() for w in weights),
+    }
+    for fraction in fractions:
+        with torch.no_grad():
+            for w, w0 in zip(weights, original, strict=True):
+                w.copy_(w0)
+        result["pruned_weights"].append(prune_smallest_(weights, float(fraction)))
+        per_task = [accuracy(model, x, y, mask) for x, y, mask in tasks]
+        result["accuracy_per_task"].append(per_task)
+        result["average_accuracy"].append(sum(per_task) / len(per_task))
+    return result
+
+
+def write_pruning_results(
+    run_dir: Path, fractions: Sequence[float], data_dir: str | None = None
+) -> dict[str, Any]:
+    """Run :func:`magnitude_pruning_accuracy` and write it to ``<run_dir>/pruning.json``."""
+    result = magnitude_pruning_accuracy(run_dir, fractions, data_dir)
+    (Path(run_dir) / PRUNING_RESULTS).write_text(json.dumps(result, indent=2) + "\n")
+    return result

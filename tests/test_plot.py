@@ -1,0 +1,181 @@
+"""scripts/plot.py and the run reading behind it, on runs written here (TensorBoard events,
+config.yaml, results.json)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from torch.utils.tensorboard import SummaryWriter
+
+from plasticity_rl.config import REPO_ROOT
+from plasticity_rl.experiments.plots import RL_PANELS
+from plasticity_rl.experiments.results import (
+    ALIGN_POINTS,
+    align,
+    final_value,
+    find_runs,
+    group_runs,
+    lookup,
+)
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from plot import main  # noqa: E402
+
+
+def write_run(root: Path, name: str, config: dict, scalars: dict, results: dict | None = None):
+    """A run directory: config.yaml, TensorBoard scalars ``{tag: [(step, value), ...]}``."""
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    with SummaryWriter(str(run)) as writer:
+        for tag, points in scalars.items():
+            for step, value in points:
+                writer.add_scalar(tag, value, step)
+    if results is not None:
+        (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+def rl_config(agent: str, seed: int) -> dict:
+    env = {"id": "plasticity_rl/HopperFriction-v5", "n_envs": 1,
+           "kwargs": {"every_env_steps": 50_000}}  # fmt: skip
+    return {"env": env, "ppo": {"n_steps": 2048}, "seed": seed, "agent_preset": agent,
+            "env_preset": "hopper-friction", "total_steps": 300_000}  # fmt: skip
+
+
+def rl_runs(root: Path) -> None:
+    """ppo: returns 100, 200, 300 (one constant per seed); ppo-cbp-l2: 1000, 1000, 1000, one
+    seed logged on other steps (the curves must then be interpolated)."""
+    steps = range(0, 300_001, 10_000)
+    for agent, returns in (("ppo", [100, 200, 300]), ("ppo-cbp-l2", [1000, 1000, 1000])):
+        for seed, value in enumerate(returns):
+            grid = range(5_000, 300_001, 10_000) if agent != "ppo" and seed == 2 else steps
+            scalars = {p["tag"]: [(s, 0.5) for s in grid] for p in RL_PANELS}
+            scalars["rollout/ep_rew_mean"] = [(s, value) for s in grid]
+            write_run(root, f"{agent}__s{seed}", rl_config(agent, seed), scalars)
+
+
+def test_rl_report_with_the_experiments_figure_and_published_numbers(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    rl_runs(tmp_path / "runs")
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "runs"), "--experiment", "dohare2024-rl-hopper",
+                 "--out", str(out)]) == 0  # fmt: skip
+    for suffix in (".png", ".pdf"):
+        assert (out / f"fig3-return-and-network-health{suffix}").stat().st_size > 10_000
+    table = (out / "results.md").read_text()
+    assert "| setting | seeds | final return (last 10% of env steps) " in table
+    assert "| published: final return (last 10% of env steps) |" in table
+    # returns 100, 200, 300: mean 200; a resample of the 3 seeds is all-100 with probability
+    # 1/27 = 3.7% > 2.5%, so the 95% interval runs from 100 to 300
+    assert "| ppo | 3 | 200 [100, 300] | (Ant) collapses |" in table
+    assert "| ppo-cbp-l2 | 3 | 1000 [1000, 1000] | (Ant) best |" in table
+    assert "published: srank" not in table  # no published srank, no column for it
+    assert "Scale small:" in table and "Dohare et al. 2024 (Nature)" in table
+    assert table in capsys.readouterr().out
+
+
+def supervised_runs(root: Path) -> None:
+    """Two learning rates x 2 seeds of one preset, named as the training script names runs."""
+    for lr, level in ((0.01, 60.0), (0.001, 40.0)):
+        for seed in (0, 1):
+            config = {"seed": seed, "agent_preset": "relu-adam", "env_preset": "split-mnist",
+                      "optimizer": {"name": "adam", "lr": lr}, "data_dir": f"/d{seed}"}  # fmt: skip
+            matrix = [[level + seed, 0.0], [level, level + 10 + seed]]
+            scalars = {"cl/average_accuracy_seen": [(100, level), (200, level + 5)]}
+            results = {"accuracy_matrix": matrix, "average_accuracy": float(np.mean(matrix[-1]))}
+            write_run(root, f"split-mnist__relu-adam__s{seed}__2026{lr}", config, scalars, results)
+
+
+def test_supervised_report_groups_by_config_without_an_experiment(tmp_path):
+    pytest.importorskip("matplotlib")
+    supervised_runs(tmp_path / "runs")
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    for name in ("curves", "accuracy-matrices"):
+        assert (out / f"{name}.png").is_file() and (out / f"{name}.pdf").is_file()
+    table = (out / "results.md").read_text()
+    # seeds differ in seed and data_dir only; the label names the key that differs
+    # lr 0.01: final rows [60, 70] and [60, 71] -> averages 65, 65.5, mean 65.25
+    assert "| relu-adam (optimizer.lr=0.01) | 2 | 65.25 [65, 65.5] |" in table
+    assert "| relu-adam (optimizer.lr=0.001) | 2 | 45.25 [45, 45.5] |" in table
+    assert "published" not in table  # no experiment, no published column
+    assert "online accuracy" not in table  # no run has a number for that default column
+
+
+def test_plot_a_chosen_metric(tmp_path):
+    pytest.importorskip("matplotlib")
+    rl_runs(tmp_path / "runs")
+    assert main([str(tmp_path / "runs"), "--metric", "rollout/ep_rew_mean"]) == 0
+    assert (tmp_path / "runs" / "report" / "metrics.png").is_file()
+
+
+def test_errors_name_the_problem(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert "RUNS_DIR" in capsys.readouterr().err
+
+
+def test_align_keeps_common_steps_and_interpolates_on_the_overlap():
+    same = align([(np.array([0.0, 10.0]), np.array([1.0, 2.0]))] * 2)
+    assert same[0].tolist() == [0.0, 10.0] and same[1].tolist() == [[1.0, 2.0], [1.0, 2.0]]
+    # value = step on [0, 10] and on [5, 15]: common range [5, 10], both read value = step
+    steps, values = align([(np.array([0.0, 10.0]), np.array([0.0, 10.0])),
+                           (np.array([5.0, 15.0]), np.array([5.0, 15.0]))])  # fmt: skip
+    assert len(steps) == ALIGN_POINTS and steps[0] == 5.0 and steps[-1] == 10.0
+    assert np.allclose(values, steps)
+    # disjoint ranges: nothing in common, nothing extrapolated
+    assert (
+        align([(np.array([0.0, 1.0]), np.zeros(2)), (np.array([2.0, 3.0]), np.zeros(2))])[0].size
+        == 0
+    )
+
+
+def test_final_values_and_lookup(tmp_path):
+    steps = [(s, float(s)) for s in range(0, 101, 10)]
+    results = {"online_accuracy": [80.0, 90.0], "gap": {"t0": {"depth": 3.0}}}
+    run_dir = write_run(tmp_path, "x__s0", {"seed": 0}, {"a": steps}, results)
+    run = find_runs(tmp_path)[0]
+    assert run.path == run_dir and group_runs([run])[0].label == "x"
+    # last 10% of steps 0..100: steps 90 and 100 -> mean 95
+    assert final_value(run, {"scalar": "a"}) == 95.0
+    assert final_value(run, {"results": "online_accuracy"}) == 85.0  # a list is averaged
+    assert final_value(run, {"results": "online_accuracy.-1"}) == 90.0
+    assert final_value(run, {"results": "gap.t0.depth"}) == 3.0
+    assert final_value(run, {"results": "gap.t1.depth"}) is None
+    assert final_value(run, {"scalar": "missing"}) is None
+    assert lookup({"a": [1, 2]}, "a.5") is None
+
+
+def test_runs_of_one_setting_name_with_other_configs_are_told_apart(tmp_path):
+    for env in ("hopper", "ant"):
+        config = {"seed": 0, "agent_preset": "ppo", "env_preset": env}
+        write_run(tmp_path / env, "ppo__s0", config, {"a": [(0, 1.0)]})
+    labels = [g.label for g in group_runs(find_runs(tmp_path))]
+    assert labels == ["ppo (env_preset=ant)", "ppo (env_preset=hopper)"]
+
+
+def test_pruning_report(tmp_path):
+    pytest.importorskip("matplotlib")
+    fractions = [0.0, 0.5, 0.9, 0.98, 0.995]
+    for alpha, drop in (("alpha1", 8.0), ("alpha2", 2.0)):
+        for seed in (0, 1):
+            config = {"seed": seed, "agent_preset": "powerprop", "network": {"alpha": alpha}}
+            run = write_run(tmp_path / "runs", f"{alpha}__s{seed}", config, {})
+            accuracy = [90.0 - drop * i - seed for i in range(len(fractions))]
+            pruning = {"fractions": fractions, "average_accuracy": accuracy}
+            (run / "pruning.json").write_text(json.dumps(pruning))
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "runs"), "--experiment", "schwarz2021-pruning",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert (out / "accuracy-vs-pruning.png").is_file()
+    table = (out / "results.md").read_text()
+    # alpha2, seeds 0, 1: unpruned 90 - seed -> 89.5; 90% pruned (3rd fraction) 90 - 2 * 2 -
+    # seed -> 85.5; 98% pruned (4th) 90 - 2 * 3 - seed -> 83.5; two seeds: interval [min, max]
+    row = "| alpha2 | 2 | 89.5 [89, 90] | 85.5 [85, 86] | 83.5 [83, 84] | higher than baseline |"
+    assert row in table
