@@ -28,7 +28,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from plasticity_rl.nn.layers import layer_parameter, sample_weight, set_weight
+from plasticity_rl.nn.layers import (
+    layer_parameter,
+    run_shape,
+    sample_weight,
+    set_weight,
+    with_run_dim,
+)
 from plasticity_rl.nn.mlp import HiddenLayer, hidden_layers
 from plasticity_rl.optim.state import reset_optimizer_state
 from plasticity_rl.registry import Registry, require
@@ -68,6 +74,9 @@ class Method:
 
     uses_task_boundaries: bool = False
     """True if the method needs the supervised trainer's :meth:`on_batch` / :meth:`on_task_end`."""
+    needs_autograd: bool = False
+    """True if the method hooks into autograd (tensor gradient hooks), so the trainer must not
+    use the hand-written backward (:mod:`plasticity_rl.nn.backprop`)."""
 
     def __init__(self) -> None:
         self._attached = False
@@ -102,8 +111,24 @@ class Method:
             raise KeyError(f"{type(self).__name__} keeps no state; got keys {sorted(state)}")
 
     def stats(self) -> dict[str, float]:
-        """Counters since the last call, for logging (then reset)."""
+        """Counters since the last call, for logging (then reset); summed over batched runs."""
         return {}
+
+    def run_stats(self, runs: int) -> list[dict[str, float]]:
+        """:meth:`stats` of each of ``runs`` batched runs (one dict per run; then reset).
+
+        For a single-run model (``runs == 1``) this is ``[self.stats()]``; methods without
+        per-run counters report their whole-model values for every run.
+        """
+        stats = self.stats()
+        return [dict(stats) for _ in range(runs)]
+
+    def run_state_dict(self, run: int) -> dict[str, Any]:
+        """:meth:`state_dict` of run ``run`` of a batched model, as a single run would save it.
+
+        Methods that keep no per-run state return :meth:`state_dict`.
+        """
+        return self.state_dict()
 
 
 METHODS: Registry[Method] = Registry("method")
@@ -219,7 +244,9 @@ class HiddenLayerMethod(Method):
 
     It keeps each layer's activations (detached) from the last training forward and, after
     every optimiser step, hands them to :meth:`_after_step`; a forward's activations are used
-    by one step only. Per-layer counters appear in :meth:`stats` as ``"<layer>/<counter>"``.
+    by one step only. Per-layer counters appear in :meth:`stats` as ``"<layer>/<counter>"``;
+    they are float64 tensors with the layer's run dims (0-d for a plain layer, ``(S,)`` for a
+    batched one), so :meth:`run_stats` reports each run's own.
     """
 
     counter = "events"
@@ -230,12 +257,12 @@ class HiddenLayerMethod(Method):
         self.layers: list[HiddenLayer] = []
         self.optimizer: torch.optim.Optimizer | None = None
         self._activations: dict[str, Tensor] = {}
-        self._counts: dict[str, float] = {}
+        self._counts: dict[str, Tensor] = {}
 
     def _attach(self, model: Model, optimizer: torch.optim.Optimizer) -> list[RemovableHandle]:
         self.layers = resolve_hidden_layers(model)
         self.optimizer = optimizer
-        self._counts = {layer.name: 0.0 for layer in self.layers}
+        self._counts = {layer.name: self._zero_counts(layer) for layer in self.layers}
         self._setup()
 
         def record(layer: HiddenLayer, h: Tensor) -> None:
@@ -255,13 +282,36 @@ class HiddenLayerMethod(Method):
     def _after_step(self, activations: dict[str, Tensor]) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    def _zero_counts(layer: HiddenLayer) -> Tensor:
+        return torch.zeros(run_shape(layer.incoming), dtype=torch.float64)
+
     def stats(self) -> dict[str, float]:
-        out = {f"{name}/{self.counter}": count for name, count in self._counts.items()}
-        self._counts = dict.fromkeys(self._counts, 0.0)
+        out = {f"{name}/{self.counter}": float(c.sum()) for name, c in self._counts.items()}
+        for count in self._counts.values():
+            count.zero_()
         return out
 
+    def run_stats(self, runs: int) -> list[dict[str, float]]:
+        layers = {layer.name: layer for layer in self.layers}
+        per_run = {name: with_run_dim(count, layers[name].incoming).tolist()
+                   for name, count in self._counts.items()}  # fmt: skip
+        for count in self._counts.values():
+            count.zero_()
+        return [{f"{name}/{self.counter}": values[s] for name, values in per_run.items()}
+                for s in range(runs)]  # fmt: skip
+
     def state_dict(self) -> dict[str, Any]:
-        return {"counts": dict(self._counts)}
+        return {"counts": {name: count.tolist() for name, count in self._counts.items()}}
+
+    def run_state_dict(self, run: int) -> dict[str, Any]:
+        if not any(run_shape(layer.incoming) for layer in self.layers):
+            return self.state_dict()  # a single-run model
+        return _state_of_run(self.state_dict(), self._run_shaped(), run)
+
+    def _run_shaped(self) -> dict[str, Any]:
+        """Which entries of :meth:`state_dict` carry a leading run dim (True), as a tree."""
+        return {"counts": dict.fromkeys(self._counts, True)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if not self._attached:
@@ -269,7 +319,17 @@ class HiddenLayerMethod(Method):
         counts = state["counts"]
         if set(counts) != set(self._counts):
             raise KeyError(f"state is for layers {sorted(counts)}, not {sorted(self._counts)}")
-        self._counts = {name: float(count) for name, count in counts.items()}
+        for name, count in counts.items():
+            self._counts[name].copy_(torch.as_tensor(count, dtype=torch.float64))
+
+
+def _state_of_run(state: Any, run_shaped: Any, run: int) -> Any:
+    """``state`` with every entry marked True in ``run_shaped`` taken at index ``run``."""
+    if run_shaped is True:
+        return state[run]
+    if isinstance(run_shaped, Mapping):
+        return {k: _state_of_run(v, run_shaped.get(k, False), run) for k, v in state.items()}
+    return state
 
 
 def reset_units(
@@ -285,16 +345,23 @@ def reset_units(
     not change the network's output when they are added. ``optimizer_state`` (one of
     :data:`plasticity_rl.optim.state.OPTIMIZER_STATE_RESETS`) is then applied to exactly those
     rows, bias entries and columns. Used by continual backprop and ReDo.
+
+    ``units`` is a 1-D long tensor of unit indices, or a bool unit mask with the layer's run
+    dims (``(width,)`` for a plain layer, ``(S, width)`` for a batched one: ``units[s, j]``
+    resets unit j of run s). Each run with a reset draws one fresh weight matrix from its own
+    generator (:func:`plasticity_rl.nn.layers.sample_weight`), as a single run would.
     """
     incoming, outgoing = layer.incoming, layer.outgoing
+    if units.dtype != torch.bool:
+        units = torch.zeros(layer.width, dtype=torch.bool).index_fill_(0, units, True)
     with torch.no_grad():
-        set_weight(incoming, units, sample_weight(incoming).index_select(0, units), dim=0)
+        drawn = units.any(-1) if units.dim() > 1 else None
+        set_weight(incoming, units, sample_weight(incoming, runs=drawn), dim=0)
         if hasattr(incoming, "project_"):
             incoming.project_()
         if incoming.bias is not None:
-            incoming.bias.index_fill_(0, units, 0.0)
-        zeros = outgoing.weight.new_zeros(outgoing.out_features, units.numel())
-        set_weight(outgoing, units, zeros, dim=1)
+            incoming.bias.masked_fill_(units, 0.0)
+        set_weight(outgoing, units, torch.zeros_like(outgoing.weight), dim=1)
     reset_optimizer_state(optimizer, layer_parameter(incoming), units, 0, optimizer_state)
     if incoming.bias is not None:
         reset_optimizer_state(optimizer, incoming.bias, units, 0, optimizer_state)

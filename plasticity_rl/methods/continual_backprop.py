@@ -21,7 +21,8 @@ u_j = f_j = a_j = 0.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,7 @@ from plasticity_rl.methods.base import (
     check_number,
     reset_units,
 )
-from plasticity_rl.nn.layers import layer_parameter
+from plasticity_rl.nn.layers import layer_parameter, run_shape, with_run_dim
 from plasticity_rl.nn.mlp import HiddenLayer
 from plasticity_rl.optim.state import check_optimizer_state_mode
 from plasticity_rl.registry import require
@@ -46,7 +47,11 @@ OUTGOING_AGGREGATES = ("sum", "mean")
 
 @dataclass
 class UnitStatistics:
-    """Continual backprop's running statistics of one hidden layer (one entry per unit)."""
+    """Continual backprop's running statistics of one hidden layer (one entry per unit).
+
+    Every tensor has the layer's run dims in front: ``(units,)`` for a plain layer,
+    ``(S, units)`` for a batched one (:class:`plasticity_rl.nn.layers.BatchedLinear`).
+    """
 
     utility: Tensor
     """u: running contribution utility (not bias-corrected)."""
@@ -54,13 +59,21 @@ class UnitStatistics:
     """f: running mean activation (not bias-corrected)."""
     age: Tensor
     """a: optimiser steps since the unit was created (int64)."""
-    pending_replacements: float = 0.0
-    """The accumulator: replacements owed to the layer but not yet made."""
+    pending_replacements: Tensor
+    """The accumulator (float64, one per run): replacements owed to the layer, not yet made."""
+
+
+PerRun = float | Sequence[float]
+"""One value for every run, or a list with one value per batched run."""
 
 
 @METHODS.register("continual_backprop")
 class ContinualBackprop(HiddenLayerMethod):
     """Continual backprop: replace low-utility mature units with fresh ones (see module doc).
+
+    Works on plain and batched networks with the same code: statistics carry the layer's run
+    dims, and each run selects, resets and counts its own units. With a batched network,
+    ``replacement_rate`` and ``maturity_threshold`` may be lists with one value per run.
 
     Args:
         replacement_rate: rho, fraction of eligible units replaced per optimiser step.
@@ -75,21 +88,21 @@ class ContinualBackprop(HiddenLayerMethod):
 
     def __init__(
         self,
-        replacement_rate: float = 1e-4,
-        maturity_threshold: int = 100,
+        replacement_rate: PerRun = 1e-4,
+        maturity_threshold: int | Sequence[int] = 100,
         decay_rate: float = 0.99,
         outgoing: str = "sum",
         optimizer_state: str = "zero_moments",
     ):
         super().__init__()
-        self.replacement_rate = check_number(
+        self.replacement_rate = per_run(
             replacement_rate,
-            "continual_backprop.replacement_rate",
-            lambda v: 0 <= v <= 1,
-            "a number in [0, 1]",
-        )
-        self.maturity_threshold = check_count(
-            maturity_threshold, "continual_backprop.maturity_threshold", 0
+            lambda v: check_number(v, "continual_backprop.replacement_rate",
+                                   lambda x: 0 <= x <= 1, "a number in [0, 1]"),
+        )  # fmt: skip
+        self.maturity_threshold = per_run(
+            maturity_threshold,
+            lambda v: check_count(v, "continual_backprop.maturity_threshold", 0),
         )
         self.decay_rate = check_number(
             decay_rate, "continual_backprop.decay_rate", lambda v: 0 <= v < 1, "a number in [0, 1)"
@@ -104,13 +117,26 @@ class ContinualBackprop(HiddenLayerMethod):
         self.outgoing = outgoing
         self.optimizer_state = optimizer_state
         self.statistics: dict[str, UnitStatistics] = {}
+        self._rate: float | Tensor = 0.0
+        self._maturity: int | Tensor = 0
 
     def _setup(self) -> None:
         for layer in self.layers:
-            zeros = torch.zeros(layer.width, device=layer_parameter(layer.incoming).device)
+            runs = run_shape(layer.incoming)
+            device = layer_parameter(layer.incoming).device
+            zeros = torch.zeros(*runs, layer.width, device=device)
             self.statistics[layer.name] = UnitStatistics(
-                utility=zeros.clone(), mean_activation=zeros.clone(), age=zeros.long()
+                utility=zeros.clone(),
+                mean_activation=zeros.clone(),
+                age=zeros.long(),
+                pending_replacements=torch.zeros(runs, dtype=torch.float64, device=device),
             )
+        num_runs = max(math.prod(run_shape(layer.incoming)) for layer in self.layers)
+        self._rate = per_run_tensor(self.replacement_rate, num_runs, torch.float64,
+                                    "continual_backprop.replacement_rate")  # fmt: skip
+        maturity = per_run_tensor(self.maturity_threshold, num_runs, torch.long,
+                                  "continual_backprop.maturity_threshold")  # fmt: skip
+        self._maturity = maturity.unsqueeze(1) if isinstance(maturity, Tensor) else maturity
 
     def _after_step(self, activations: dict[str, Tensor]) -> None:
         for layer in self.layers:
@@ -119,32 +145,44 @@ class ContinualBackprop(HiddenLayerMethod):
 
     @torch.no_grad()
     def _update_layer(self, layer: HiddenLayer, h: Tensor) -> None:
-        stats, eta = self.statistics[layer.name], self.decay_rate
-        h = h.reshape(-1, layer.width)
-        w_out = layer.outgoing.weight.detach()
-        w_out_magnitude = w_out.abs().sum(0) if self.outgoing == "sum" else w_out.abs().mean(0)
-        stats.age += 1
-        stats.utility.mul_(eta).add_(h.abs().mean(0) * w_out_magnitude, alpha=1 - eta)
-        stats.mean_activation.mul_(eta).add_(h.mean(0), alpha=1 - eta)
+        stats, eta, incoming = self.statistics[layer.name], self.decay_rate, layer.incoming
+        # (S, units) views of the statistics; S = 1 for a plain layer.
+        utility = with_run_dim(stats.utility, incoming)
+        mean_activation = with_run_dim(stats.mean_activation, incoming)
+        age = with_run_dim(stats.age, incoming)
+        pending = with_run_dim(stats.pending_replacements, incoming)
+        h = h.reshape(utility.shape[0], -1, layer.width)
+        w_out = with_run_dim(layer.outgoing.weight.detach(), layer.outgoing)
+        w_out_magnitude = w_out.abs().sum(1) if self.outgoing == "sum" else w_out.abs().mean(1)
+        age += 1
+        utility.lerp_(h.abs().mean(1) * w_out_magnitude, 1 - eta)  # eta u + (1 - eta) x
+        mean_activation.lerp_(h.mean(1), 1 - eta)
 
-        eligible = torch.nonzero(stats.age > self.maturity_threshold).squeeze(1)
-        stats.pending_replacements += self.replacement_rate * eligible.numel()
-        n_replace = min(int(stats.pending_replacements), eligible.numel())
-        if n_replace == 0:
+        eligible = age > self._maturity
+        n_eligible = eligible.sum(1, dtype=torch.float64)
+        pending += n_eligible * self._rate  # rho * n rounded, then added (float64)
+        n_replace = torch.minimum(pending.floor(), n_eligible)  # whole numbers
+        if not n_replace.any():
             return
-        stats.pending_replacements -= n_replace
-        bias_correction = 1 - eta ** stats.age.to(stats.utility.dtype)
-        corrected_utility = stats.utility[eligible] / bias_correction[eligible]
-        units = eligible[torch.topk(corrected_utility, n_replace, largest=False).indices]
+        pending -= n_replace
+        # Each run's n_replace eligible units of lowest bias-corrected utility (ties: lowest
+        # index first), as a mask: rank units by utility, ineligible ones last.
+        bias_correction = 1 - eta ** age.to(utility.dtype)
+        corrected_utility = torch.where(eligible, utility / bias_correction, math.inf)
+        order = corrected_utility.sort(dim=1, stable=True).indices
+        positions = torch.arange(layer.width).expand_as(order)
+        ranks = torch.empty_like(order).scatter_(1, order, positions)
+        units = ranks < n_replace.unsqueeze(1)
 
         if layer.outgoing.bias is not None:
-            mean_activation = stats.mean_activation[units] / bias_correction[units]
-            layer.outgoing.bias.add_(w_out[:, units] @ mean_activation)
-        reset_units(layer, units, self.optimizer, self.optimizer_state)
-        stats.utility[units] = 0.0
-        stats.mean_activation[units] = 0.0
-        stats.age[units] = 0
-        self._counts[layer.name] += n_replace
+            mean_activation_hat = torch.where(units, mean_activation / bias_correction, 0.0)
+            shift = torch.bmm(w_out, mean_activation_hat.unsqueeze(2)).squeeze(2)
+            with_run_dim(layer.outgoing.bias, layer.outgoing).add_(shift)
+        reset_units(layer, units.view(stats.utility.shape), self.optimizer, self.optimizer_state)
+        utility.masked_fill_(units, 0.0)
+        mean_activation.masked_fill_(units, 0.0)
+        age.masked_fill_(units, 0)
+        self._counts[layer.name] += n_replace.view(stats.pending_replacements.shape)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -153,11 +191,16 @@ class ContinualBackprop(HiddenLayerMethod):
                 "utility": stats.utility.clone(),
                 "mean_activation": stats.mean_activation.clone(),
                 "age": stats.age.clone(),
-                "pending_replacements": stats.pending_replacements,
+                "pending_replacements": stats.pending_replacements.tolist(),
             }
             for name, stats in self.statistics.items()
         }
         return state
+
+    def _run_shaped(self) -> dict[str, Any]:
+        per_layer = dict.fromkeys(("utility", "mean_activation", "age", "pending_replacements"),
+                                  True)  # fmt: skip
+        return {**super()._run_shaped(), "layers": dict.fromkeys(self.statistics, per_layer)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
@@ -166,4 +209,25 @@ class ContinualBackprop(HiddenLayerMethod):
             stats.utility.copy_(saved["utility"])
             stats.mean_activation.copy_(saved["mean_activation"])
             stats.age.copy_(saved["age"])
-            stats.pending_replacements = float(saved["pending_replacements"])
+            stats.pending_replacements.copy_(
+                torch.as_tensor(saved["pending_replacements"], dtype=torch.float64)
+            )
+
+
+def per_run(value: Any, check: Any) -> Any:
+    """``check(value)``, or ``[check(v) for v in value]`` for a list of per-run values."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [check(v) for v in value]
+    return check(value)
+
+
+def per_run_tensor(value: Any, runs: int, dtype: torch.dtype, key: str) -> Any:
+    """A per-run list as an ``(S,)`` tensor of ``dtype`` for ``runs`` runs; a number as is.
+
+    Raises:
+        ConfigError: a list whose length is not the number of runs.
+    """
+    if not isinstance(value, list):
+        return value
+    require(len(value) == runs, key, value, f"a number, or a list of {runs} (one per run)")
+    return torch.tensor(value, dtype=dtype)

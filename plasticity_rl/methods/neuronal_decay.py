@@ -19,6 +19,8 @@ whose output receives no gradient from the loss gets no penalty gradient either.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
@@ -31,6 +33,7 @@ from plasticity_rl.methods.base import (
     on_training_forward,
     resolve_hidden_layers,
 )
+from plasticity_rl.nn.layers import run_shape
 from plasticity_rl.nn.mlp import HiddenLayer
 
 
@@ -41,6 +44,8 @@ class NeuronalDecay(Method):
     Args:
         coefficient: lambda, the weight of the activation penalty.
     """
+
+    needs_autograd = True
 
     def __init__(self, coefficient: float = 1e-3):
         super().__init__()
@@ -56,8 +61,10 @@ class NeuronalDecay(Method):
         if not h.requires_grad:
             return
         value = h.detach()
-        self._penalties[layer.name] = self.coefficient * value.square().mean()
-        scale = 2.0 * self.coefficient / h.numel()
+        # A batched network (S runs) penalises each run's own mean: sum_s lambda mean(h_s^2).
+        runs = math.prod(run_shape(layer.incoming))
+        self._penalties[layer.name] = self.coefficient * value.square().mean() * runs
+        scale = 2.0 * self.coefficient * runs / h.numel()
         h.register_hook(lambda grad: grad + scale * value)
 
     @property

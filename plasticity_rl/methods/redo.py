@@ -8,7 +8,8 @@ last training forward, the units with normalised score
 
 (:func:`plasticity_rl.metrics.network.dormancy_scores`, the formula of the ``dormant_ratio``
 metric) get fresh incoming weights and zero outgoing weights
-(:func:`~plasticity_rl.methods.base.reset_units`). Dohare et al. 2024 run it on PPO with
+(:func:`~plasticity_rl.methods.base.reset_units`); in a batched network each run scores and
+resets its own units. Dohare et al. 2024 run it on PPO with
 tau = 0.1 and a period of 100 optimiser steps, the defaults here.
 """
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from plasticity_rl.methods.base import (
@@ -28,6 +28,7 @@ from plasticity_rl.methods.base import (
     reset_units,
 )
 from plasticity_rl.metrics.network import dormancy_scores
+from plasticity_rl.nn.layers import run_shape
 from plasticity_rl.optim.state import check_optimizer_state_mode
 
 
@@ -60,10 +61,12 @@ class ReDo(HiddenLayerMethod):
         for layer in self.layers:
             if layer.name not in activations:
                 continue
-            units = torch.nonzero(dormancy_scores(activations[layer.name]) <= self.tau).squeeze(1)
-            if units.numel() > 0:
+            runs = run_shape(layer.incoming)  # a batched layer: every run scores its own units
+            h = activations[layer.name].reshape(*runs, -1, layer.width)
+            units = dormancy_scores(h, run_dims=len(runs)) <= self.tau
+            if units.any():
                 reset_units(layer, units, self.optimizer, self.optimizer_state)
-                self._counts[layer.name] += units.numel()
+                self._counts[layer.name] += units.sum(-1)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "steps": self.steps}

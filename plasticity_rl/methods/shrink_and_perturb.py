@@ -12,7 +12,10 @@ draw from the layer's init distribution (:func:`plasticity_rl.nn.layers.sample_w
 still get N(0, 1)). For a parametrized layer (weight norm, Powerprop) it acts on the stored
 parameter behind the weight (:func:`~plasticity_rl.nn.layers.layer_parameter`), not on the
 effective weight. Noise comes from torch's global RNG, drawn layer by layer in registration
-order, weight before bias.
+order, weight before bias. In a batched network (:mod:`plasticity_rl.nn.batched`) run s draws
+the same sequence from its own generator (:func:`~plasticity_rl.nn.layers.sample_normal`,
+:func:`~plasticity_rl.nn.layers.sample_weight`), so it gets exactly the noise of a single run
+seeded the same way; shrink and noise_std are one value for all runs.
 
 Defaults: shrink = 1e-4 and sigma = 1e-5 per step, the order of the L2 decay (1e-4) and noise
 scales Dohare et al. 2024 use; tune per task. With shrink = 0 and sigma = 0 the method does
@@ -37,7 +40,7 @@ from plasticity_rl.methods.base import (
     check_number,
     linear_layers,
 )
-from plasticity_rl.nn.layers import layer_parameter, sample_weight
+from plasticity_rl.nn.layers import layer_parameter, sample_normal, sample_weight
 from plasticity_rl.registry import require
 
 NOISE_KINDS = ("gaussian", "init")
@@ -64,11 +67,11 @@ class ShrinkAndPerturb(Method):
     ):
         super().__init__()
         self.shrink = check_number(
-            shrink, "shrink_and_perturb.shrink", lambda v: 0 <= v < 1, "a number in [0, 1)"
-        )
-        self.noise_std = check_number(
-            noise_std, "shrink_and_perturb.noise_std", lambda v: v >= 0, "a number >= 0"
-        )
+            shrink, "shrink_and_perturb.shrink", lambda v: 0 <= v < 1,
+            "a number in [0, 1) (one value for all batched runs)",
+        )  # fmt: skip
+        self.noise_std = check_number(noise_std, "shrink_and_perturb.noise_std", lambda v: v >= 0,
+                                      "a number >= 0 (one value for all batched runs)")  # fmt: skip
         require(noise in NOISE_KINDS, "shrink_and_perturb.noise", noise, NOISE_KINDS)
         self.noise = noise
         self.every_optimizer_steps = check_count(
@@ -89,11 +92,11 @@ class ShrinkAndPerturb(Method):
         for layer in self.layers:
             weight = layer_parameter(layer)
             if self.noise == "gaussian":
-                self._shrink_and_perturb(weight, partial(torch.randn_like, weight))
+                self._shrink_and_perturb(weight, partial(sample_normal, layer, weight))
             else:
                 self._shrink_and_perturb(weight, partial(sample_weight, layer))
             if layer.bias is not None:
-                self._shrink_and_perturb(layer.bias, partial(torch.randn_like, layer.bias))
+                self._shrink_and_perturb(layer.bias, partial(sample_normal, layer, layer.bias))
 
     @torch.no_grad()
     def _shrink_and_perturb(self, p: Tensor, draw_noise: Callable[[], Tensor]) -> None:

@@ -51,14 +51,17 @@ def dead_fraction(h: Tensor, eps: float = 0.0) -> float:
     return (_rows(h).abs() <= eps).all(dim=0).float().mean().item()
 
 
-def dormancy_scores(h: Tensor) -> Tensor:
+def dormancy_scores(h: Tensor, run_dims: int = 0) -> Tensor:
     """ReDo's normalised unit scores s_j = mean_i |h_ij| / ((1/n_units) sum_k mean_i |h_ik|).
 
     Sokar et al. 2023 (The Dormant Neuron Phenomenon in Deep RL). Returns the vector ``s`` of
     shape ``(n_units,)``; if the whole layer is zero every score is 0 (every unit dormant).
+    With ``run_dims = r`` the first r dims of ``h`` are independent runs (batched networks),
+    each scored on its own: ``s`` is then ``(*h.shape[:r], n_units)``.
     """
-    mean_abs = _rows(h).abs().mean(dim=0)
-    layer_mean = mean_abs.mean()
+    rows = h.detach().reshape(*h.shape[:run_dims], -1, h.shape[-1])
+    mean_abs = rows.abs().mean(dim=-2)
+    layer_mean = mean_abs.mean(dim=-1, keepdim=True)
     return torch.where(layer_mean > 0, mean_abs / layer_mean, torch.zeros_like(mean_abs))
 
 

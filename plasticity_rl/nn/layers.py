@@ -15,8 +15,10 @@ parametrization of its weight), so interventions and metrics can treat all of th
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -27,23 +29,26 @@ from torch.utils.hooks import RemovableHandle
 from plasticity_rl.registry import ConfigError, require
 
 
-def _lecun_uniform_(w: Tensor) -> Tensor:
+def _lecun_uniform_(w: Tensor, generator: torch.Generator | None = None) -> Tensor:
     bound = math.sqrt(3.0 / w.shape[1])
-    return nn.init.uniform_(w, -bound, bound)
+    return nn.init.uniform_(w, -bound, bound, generator=generator)
 
 
-def _default_(w: Tensor) -> Tensor:
+def _default_(w: Tensor, generator: torch.Generator | None = None) -> Tensor:
     # PyTorch's own nn.Linear init: U(+-1/sqrt(fan_in)).
-    return nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+    return nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=generator)
 
 
-INIT_SCHEMES: dict[str, Callable[[Tensor], Tensor]] = {
+InitScheme = Callable[..., Tensor]
+"""``init_(w, generator=None)``: fill a 2-D weight in place (``None``: torch's global RNG)."""
+
+INIT_SCHEMES: dict[str, InitScheme] = {
     "default": _default_,
     "lecun_uniform": _lecun_uniform_,
-    "kaiming_uniform": lambda w: nn.init.kaiming_uniform_(w, nonlinearity="relu"),
-    "kaiming_normal": lambda w: nn.init.kaiming_normal_(w, nonlinearity="relu"),
+    "kaiming_uniform": partial(nn.init.kaiming_uniform_, nonlinearity="relu"),
+    "kaiming_normal": partial(nn.init.kaiming_normal_, nonlinearity="relu"),
     "xavier_uniform": nn.init.xavier_uniform_,
-    "orthogonal": lambda w: nn.init.orthogonal_(w, gain=math.sqrt(2)),
+    "orthogonal": partial(nn.init.orthogonal_, gain=math.sqrt(2)),
 }
 """Weight init schemes by name. Biases start at zero, except for ``default`` (PyTorch's)."""
 
@@ -97,17 +102,38 @@ def make_linear(
     return layer
 
 
-def sample_weight(layer: nn.Linear) -> Tensor:
+def sample_weight(layer: nn.Linear, runs: Tensor | None = None) -> Tensor:
     """A fresh effective weight matrix drawn from the layer's init distribution.
 
     Interventions that reset units copy rows of this into the layer (see :func:`set_weight`).
+    For a :class:`BatchedLinear` the result is ``(S, out, in)``: run s is drawn exactly as a
+    single layer would draw it, from the run's own generator (:func:`run_generators`); with
+    ``runs`` (bool, ``(S,)``) only those runs are drawn and the others are left at zero.
     """
-    w = torch.empty(layer.out_features, layer.in_features, device=layer_parameter(layer).device)
-    INIT_SCHEMES[getattr(layer, "init_scheme", "default")](w)
-    w.mul_(getattr(layer, "init_scale", 1.0))
+    weight = torch.zeros(*run_shape(layer), layer.out_features, layer.in_features,
+                         device=layer_parameter(layer).device)  # fmt: skip
+    init = INIT_SCHEMES[getattr(layer, "init_scheme", "default")]
+    wanted = [True] * len(run_generators(layer)) if runs is None else runs.tolist()
+    for w, generator, draw in zip(with_run_dim(weight, layer), run_generators(layer), wanted,
+                                  strict=True):  # fmt: skip
+        if draw:
+            init(w, generator=generator)
+    weight.mul_(getattr(layer, "init_scale", 1.0))
     if isinstance(layer, SDMLinear):
-        w = SDMLinear.project(w.abs())
-    return w
+        weight = SDMLinear.project(weight.abs())
+    return weight
+
+
+def sample_normal(layer: nn.Linear, like: Tensor) -> Tensor:
+    """N(0, 1) noise shaped like ``like`` (a tensor of ``layer``, with the layer's run dims).
+
+    Each run draws from its own generator (:func:`run_generators`; torch's global RNG for a
+    plain layer, where this equals ``torch.randn_like(like)``).
+    """
+    noise = torch.empty_like(like)
+    for n, generator in zip(with_run_dim(noise, layer), run_generators(layer), strict=True):
+        n.normal_(generator=generator)
+    return noise
 
 
 def layer_parameter(layer: nn.Linear) -> nn.Parameter:
@@ -120,23 +146,143 @@ def layer_parameter(layer: nn.Linear) -> nn.Parameter:
 def set_weight(layer: nn.Linear, index: Tensor, values: Tensor, dim: int) -> None:
     """Set rows (``dim=0``) or columns (``dim=1``) of the effective weight to ``values``.
 
+    ``index`` is either a 1-D long tensor of rows/columns of a plain layer, with ``values``
+    holding just those rows/columns, or a bool unit mask (:func:`unit_selector`) shaped
+    ``(*run_dims, n)`` -- ``(n,)`` for a plain layer, ``(S, n)`` for a :class:`BatchedLinear` --
+    with ``values`` shaped like the effective weight, of which the masked rows/columns are
+    written. Other entries keep their exact values.
+
     Goes through the parametrization's ``right_inverse``, so Powerprop layers store
     v = sign(w)|w|^(1/alpha). For row-wise parametrizations (weight norm) only row writes are exact.
     """
     with torch.no_grad():
         w = layer.weight.detach().clone()
-        w.index_copy_(dim, index, values)
+        if index.dtype != torch.bool:
+            if isinstance(layer, BatchedLinear):
+                raise ValueError("set_weight: a BatchedLinear takes a bool (runs, units) mask")
+            values = w.index_copy(dim, index, values)
+            index = torch.zeros(w.shape[dim], dtype=torch.bool).index_fill_(0, index, True)
+        select = unit_selector(index, w.dim(), dim)
+        w = torch.where(select, values, w)
         if parametrize.is_parametrized(layer, "weight"):
             for p in reversed(layer.parametrizations.weight):
                 w = p.right_inverse(w)
-        layer_parameter(layer).index_copy_(dim, index, w.index_select(dim, index))
+        param = layer_parameter(layer)
+        param.copy_(torch.where(select, w, param))
+
+
+def unit_selector(mask: Tensor, ndim: int, dim: int) -> Tensor:
+    """A unit mask viewed so that it broadcasts against a tensor of a layer.
+
+    ``mask`` is bool ``(*run_dims, n)``: no run dims for a plain layer, ``(S,)`` for a
+    :class:`BatchedLinear`, where ``mask[s, j]`` selects unit j of run s. The tensor has the same
+    run dims followed by ``ndim - len(run_dims)`` per-run dims, of which dim ``dim`` has size n
+    (0: rows of a weight or entries of a bias, 1: columns of a weight).
+
+    Example: a ``(S, n)`` mask against a ``(S, out, n)`` weight with ``dim=1`` is ``(S, 1, n)``.
+    """
+    run_dims = mask.dim() - 1
+    shape = [*mask.shape[:-1]] + [1] * (ndim - run_dims)
+    shape[run_dims + dim] = mask.shape[-1]
+    return mask.view(shape)
+
+
+def run_shape(layer: nn.Module) -> tuple[int, ...]:
+    """The layer's run dims: ``(S,)`` for a :class:`BatchedLinear`, ``()`` for a plain layer."""
+    return (layer.runs,) if isinstance(layer, BatchedLinear) else ()
+
+
+def with_run_dim(tensor: Tensor, layer: nn.Module) -> Tensor:
+    """``tensor`` of ``layer`` with a leading run dim: itself if batched, else a (1, ...) view.
+
+    In-place changes to the view change ``tensor``, so code written for ``(S, ...)`` tensors
+    serves plain layers as S = 1.
+    """
+    return tensor if isinstance(layer, BatchedLinear) else tensor.unsqueeze(0)
+
+
+def run_generators(layer: nn.Module) -> list[torch.Generator | None]:
+    """The random generator of each run: the layer's own for a :class:`BatchedLinear`,
+    ``[None]`` (torch's global RNG) for a plain layer."""
+    return layer.generators if isinstance(layer, BatchedLinear) else [None]
+
+
+class BatchedLinear(nn.Linear):
+    """S independent linear layers of one shape, stacked: run s computes x_s W_s^T + b_s.
+
+    ``weight`` is ``(S, out, in)`` and ``bias`` ``(S, out)``; the input is ``(S, B, in)`` and
+    the output ``(S, B, out)`` (one ``torch.baddbmm``). It is an ``nn.Linear`` with a leading run
+    dim on its tensors, so everything that finds linear layers (``hidden_layers``, Shrink and
+    Perturb, the weight metrics) finds it: unit j of run s is ``weight[s, j, :]`` and
+    ``bias[s, j]``, and column ``weight[s, :, j]`` of the next layer. Build one from S plain
+    layers with :meth:`stack`.
+
+    Randomness: run s draws its fresh init weights and noise (:func:`sample_weight`,
+    :func:`sample_normal`) from ``generators[s]``, so it draws what the plain layer would draw
+    from the global RNG in a single run seeded the same way.
+    """
+
+    def __init__(self, runs: int, in_features: int, out_features: int, bias: bool = True,
+                 generators: Sequence[torch.Generator] | None = None):  # fmt: skip
+        nn.Module.__init__(self)
+        require(runs >= 1, "runs", runs, "an integer >= 1")
+        self.runs, self.in_features, self.out_features = runs, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(runs, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(runs, out_features)) if bias else None
+        if generators is None:
+            seeds = torch.randint(2**62, (runs,)).tolist()
+            generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        require(len(generators) == runs, "generators", len(generators), f"{runs} generators")
+        self.generators = list(generators)
+
+    @classmethod
+    def stack(cls, layers: Sequence[nn.Linear],
+              generators: Sequence[torch.Generator]) -> BatchedLinear:  # fmt: skip
+        """One batched layer whose run s is ``layers[s]`` (same shape, init and constraints).
+
+        The stored tensors are copied (a parametrized layer keeps its parametrization, e.g.
+        Powerprop or weight norm, applied per run); SDM layers are refused.
+        """
+        first = layers[0]
+        if any(isinstance(layer, SDMLinear) for layer in layers):
+            raise ConfigError("network.sdm", True, "false for batched runs")
+        batched = cls(len(layers), first.in_features, first.out_features,
+                      first.bias is not None, generators)  # fmt: skip
+        batched.init_scheme = getattr(first, "init_scheme", "default")  # type: ignore[assignment]
+        batched.init_scale = getattr(first, "init_scale", 1.0)  # type: ignore[assignment]
+        if parametrize.is_parametrized(first, "weight"):
+            for p in first.parametrizations.weight:
+                parametrize.register_parametrization(batched, "weight", copy.deepcopy(p),
+                                                     unsafe=True)  # fmt: skip
+        with torch.no_grad():
+            layer_parameter(batched).copy_(torch.stack([layer_parameter(m) for m in layers]))
+            if batched.bias is not None:
+                batched.bias.copy_(torch.stack([m.bias for m in layers]))
+        return batched
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.apply_weights(x, self.weight, self.bias)
+
+    @staticmethod
+    def apply_weights(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """x_s W_s^T + b_s for every run s: ``(S, B, in) -> (S, B, out)``."""
+        if bias is None:
+            return torch.bmm(x, weight.transpose(1, 2))
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+    def extra_repr(self) -> str:
+        return (f"runs={self.runs}, in_features={self.in_features}, "
+                f"out_features={self.out_features}, bias={self.bias is not None}")  # fmt: skip
 
 
 class UnitNormRows(nn.Module):
-    """Weight norm with fixed gain g = 1: w_i = v_i / ||v_i||_2 (Salimans & Kingma 2016)."""
+    """Weight norm with fixed gain g = 1: w_i = v_i / ||v_i||_2 (Salimans & Kingma 2016).
+
+    Rows are the last dim, so a batched ``(S, out, in)`` weight is normalised per run and row.
+    """
 
     def forward(self, v: Tensor) -> Tensor:
-        return v / v.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def right_inverse(self, w: Tensor) -> Tensor:
         return w

@@ -4,7 +4,8 @@ When continual backprop or ReDo give a unit fresh weights, the optimiser still h
 estimates built for the old weights. Dohare et al. 2024 (AdamGnT) zero Adam's moments and the
 per-weight step counts of the reset weights; Sokar et al. 2023 (ReDo) reset Adam's moments.
 :func:`reset_optimizer_state` applies one of :data:`OPTIMIZER_STATE_RESETS` to one slice
-(rows or columns) of one parameter's state:
+(rows or columns) of one parameter's state -- for a batched parameter (a leading run dim, see
+:mod:`plasticity_rl.nn.batched`), to a different slice in each run:
 
 - ``keep``: leave the state as it is;
 - ``zero_moments``: every state tensor shaped like the parameter has the slice set to zero
@@ -24,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from plasticity_rl.nn.layers import unit_selector
 from plasticity_rl.optim.adam import UNIFORM_STEP
 from plasticity_rl.registry import ConfigError, require
 
@@ -45,8 +47,11 @@ def reset_optimizer_state(
         optimizer: the optimiser holding ``param`` (for a parametrized layer, pass the stored
             tensor, ``plasticity_rl.nn.layers.layer_parameter(layer)``).
         param: the parameter whose state is reset; one without state yet is left alone.
-        index: 1-D long tensor of the rows (``dim=0``) or columns (``dim=1``) to reset.
-        dim: the dimension ``index`` selects along.
+        index: 1-D long tensor of the rows (``dim=0``) or columns (``dim=1``) to reset, or a
+            bool unit mask ``(*run_dims, n)`` with the parameter's run dims (``(S, n)`` for a
+            batched parameter: entry ``[s, j]`` selects row/column j of run s; see
+            :func:`plasticity_rl.nn.layers.unit_selector`).
+        dim: the dimension ``index`` selects along, within one run.
         mode: one of :data:`OPTIMIZER_STATE_RESETS`.
 
     Raises:
@@ -57,6 +62,9 @@ def reset_optimizer_state(
     state = optimizer.state.get(param)
     if mode == "keep" or not state:
         return
+    if index.dtype != torch.bool:
+        index = torch.zeros(param.shape[dim], dtype=torch.bool).index_fill_(0, index, True)
+    select = unit_selector(index, param.dim(), dim)
     for key, value in list(state.items()):
         if key == "step":
             if mode != "zero_moments_and_step":
@@ -68,11 +76,11 @@ def reset_optimizer_state(
                     f"keep or zero_moments for {type(optimizer).__name__}, "
                     "which keeps one step count per tensor",
                 )
-            value.index_fill_(dim, index, 0)
+            value.masked_fill_(select, 0)
             if UNIFORM_STEP in state:
                 state[UNIFORM_STEP] = None  # the elements' step counts now differ
         elif isinstance(value, Tensor) and value.shape == param.shape:
-            value.index_fill_(dim, index, _reset_value(optimizer, param, key))
+            value.masked_fill_(select, _reset_value(optimizer, param, key))
 
 
 def _reset_value(optimizer: torch.optim.Optimizer, param: Tensor, key: str) -> float:

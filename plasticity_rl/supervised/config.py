@@ -52,6 +52,10 @@ class TrainConfig:
     """Training loss (and online accuracy) logged every this many optimiser steps."""
     stop_after_tasks: int | None = None
     """Stop (with a checkpoint) after this many tasks, e.g. to continue later with --resume."""
+    hand_backprop: bool = True
+    """Compute the gradients of a plain MLP without autograd (``plasticity_rl.nn.backprop``:
+    autograd's own derivative kernels, fewer ops per step); other networks, and methods that
+    need autograd (neuronal decay), always use autograd. False: always autograd."""
 
 
 @dataclass

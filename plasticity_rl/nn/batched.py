@@ -1,0 +1,124 @@
+"""Batched runs: S independent runs of one network, stacked along a leading run dim.
+
+Plasticity studies train many seeds of small networks one example at a time, where a plain
+PyTorch loop is bound by per-step overhead. Here S runs become ONE network whose linear layers
+are :class:`~plasticity_rl.nn.layers.BatchedLinear` (weights ``(S, out, in)``, batched matmuls):
+the input is ``(S, B, ...)`` and the output ``(S, B, ...)``. Activations act on the last dim, so
+they work per sample and run unchanged. Interventions, optimiser-state resets and the weight
+helpers of :mod:`plasticity_rl.nn.layers` understand the run dim (unit j of run s is
+``weight[s, j, :]``), and element-wise optimisers update every run independently.
+
+A batched network is built as S plain networks stacked (:func:`build_runs`), so run s starts
+exactly as a single run built from the same random state would; :func:`run_state_dict` and
+:func:`run_module` give run s back as an ordinary single-run ``state_dict`` / module.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from plasticity_rl.nn.layers import BatchedLinear
+from plasticity_rl.registry import ConfigError
+
+
+def build_runs(build: Callable[[], nn.Module], generators: Sequence[torch.Generator]) -> nn.Module:
+    """Build run s with ``build()`` drawing from ``generators[s]``, then stack the runs.
+
+    ``build()`` runs with torch's global RNG set to ``generators[s]``'s state, and the generator
+    continues from where the build left the RNG; the global RNG itself is left unchanged. So run
+    s is the network a single run gets from ``torch.manual_seed(seed_s); build()`` when
+    ``generators[s]`` was seeded with ``seed_s``, and its later draws (:func:`sample_weight`,
+    :func:`sample_normal`) continue that run's random sequence.
+    """
+    networks = []
+    for generator in generators:
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(generator.get_state())
+            networks.append(build())
+            generator.set_state(torch.get_rng_state())
+    return stack_runs(networks, generators)
+
+
+def stack_runs(networks: Sequence[nn.Module], generators: Sequence[torch.Generator]) -> nn.Module:
+    """One batched network whose run s is ``networks[s]`` (all of the same architecture).
+
+    Every ``nn.Linear`` becomes a :class:`BatchedLinear` of the stacked layers, ``nn.Flatten``
+    keeps the run dim; parameter-free modules (activations) are shared. Modules with their own
+    parameters other than linear layers (convolutions, normalisation) are refused, and so is
+    Top-K's GABA switch, whose counters are per unit and not per run.
+
+    The returned module keeps a copy of ``networks[0]`` as ``run_template`` for
+    :func:`run_module`.
+    """
+    template = networks[0]
+    batched = copy.deepcopy(template)
+    linear_names: list[str] = []
+    for name, module in template.named_modules():
+        if any(name.startswith(f"{linear}.") for linear in linear_names):
+            continue  # the parametrizations of a linear layer
+        if isinstance(module, nn.Linear):
+            linear_names.append(name)
+            layers = [net.get_submodule(name) for net in networks]
+            _replace(batched, name, BatchedLinear.stack(layers, generators))
+        elif isinstance(module, nn.Flatten):
+            start = module.start_dim + 1 if module.start_dim >= 0 else module.start_dim
+            end = module.end_dim + 1 if module.end_dim >= 0 else module.end_dim
+            _replace(batched, name, nn.Flatten(start, end))
+        elif next(module.parameters(recurse=False), None) is not None:
+            raise ConfigError(
+                "network", type(module).__name__, "linear layers and parameter-free modules "
+                "(an MLP) for batched runs"
+            )  # fmt: skip
+        elif getattr(module, "gaba_switch_T", None) is not None:
+            raise ConfigError(
+                "network.activation.gaba_switch_T", module.gaba_switch_T,
+                "null for batched runs (the GABA counters are per unit, not per run)",
+            )  # fmt: skip
+    object.__setattr__(batched, "run_template", copy.deepcopy(template))  # not a submodule
+    return batched
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, new)
+
+
+def runs_of(model: nn.Module) -> int | None:
+    """S for a batched network, None for a plain one."""
+    layer = next((m for m in model.modules() if isinstance(m, BatchedLinear)), None)
+    return None if layer is None else layer.runs
+
+
+def run_state_dict(model: nn.Module, run: int) -> dict[str, Tensor]:
+    """Run ``run`` of a batched network as the ``state_dict`` of a single-run network.
+
+    Tensors of batched layers are sliced at ``run``; other tensors (e.g. Top-K's forward
+    counter) are shared by all runs and copied. Every tensor is a copy.
+    """
+    prefixes = tuple(f"{n}." if n else "" for n, m in model.named_modules()
+                     if isinstance(m, BatchedLinear))  # fmt: skip
+    return {
+        key: (value[run] if prefixes and key.startswith(prefixes) else value).clone()
+        for key, value in model.state_dict().items()
+    }
+
+
+def run_module(model: nn.Module, run: int) -> nn.Module:
+    """Run ``run`` of a batched network as an ordinary single-run network (a copy).
+
+    A plain network is returned itself (``run`` must be 0).
+    """
+    template: Any = getattr(model, "run_template", None)
+    if template is None:
+        if run != 0:
+            raise IndexError(f"run {run} of a single-run network")
+        return model
+    single = copy.deepcopy(template)
+    single.load_state_dict(run_state_dict(model, run))
+    single.train(model.training)
+    return single

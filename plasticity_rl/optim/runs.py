@@ -1,0 +1,124 @@
+"""Optimisers of batched runs: one optimiser for S runs stacked along a leading run dim.
+
+Every optimiser here (SGD, SGDM, RMSprop, Adagrad, Adam and :class:`plasticity_rl.optim.Adam`)
+updates each element from its own gradient and state only, so a batched parameter
+``(S, ...)`` is updated exactly as S separate parameters would be; coupled weight decay and
+update clipping are element-wise too. What is per tensor rather than per element:
+
+- the step size: :func:`make_run_optimizer` gives each run its own ``lr`` for SGD and SGDM,
+  which are linear in the gradient: with ``lr = 1`` and ``weight_decay = 0`` in the optimiser,
+  a step pre-hook sets run s's gradient to ``lr_s (g_s + weight_decay p_s)``, so SGD steps
+  ``p_s -= lr_s (g_s + wd p_s)`` and SGDM's buffer is ``lr_s`` times a single run's
+  (b' = mu b' + lr_s d = lr_s b), making ``p_s -= b'`` the single run's step. Adaptive
+  optimisers normalise the gradient, so a per-run ``lr`` is refused for them;
+- our Adam's ``uniform_step`` flag: a reset in one run moves the whole tensor to the
+  element-wise bias corrections, which give the same numbers.
+
+:func:`run_optimizer_state_dict` gives run s's state as a single run's optimiser would save it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from plasticity_rl.optim.adam import UNIFORM_STEP
+from plasticity_rl.optim.presets import OPTIMIZERS, SpecType, make_optimizer
+from plasticity_rl.registry import require, split_spec
+
+PER_RUN_LR_OPTIMIZERS = ("sgd", "sgdm")
+"""Presets that accept a list of learning rates, one per batched run."""
+
+
+class PerRunLearningRates:
+    """The step pre-hook of a per-run ``lr``: grad_s <- lr_s (grad_s + weight_decay p_s)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lrs: Sequence[float], weight_decay: float):
+        self.lrs = [float(lr) for lr in lrs]
+        self.weight_decay = float(weight_decay)
+        self._scale = torch.tensor(self.lrs)
+        self._handle = optimizer.register_step_pre_hook(self._scale_gradients)
+
+    def _scale_gradients(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
+        with torch.no_grad():
+            if self.weight_decay != 0:
+                torch._foreach_add_(grads, params, alpha=self.weight_decay)
+            torch._foreach_mul_(grads, [self._scale.view(-1, *[1] * (g.dim() - 1)) for g in grads])
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def make_run_optimizer(
+    model: nn.Module, spec: SpecType, runs: int, lrs: Sequence[float] | None = None
+) -> torch.optim.Optimizer:
+    """The optimiser of a batched network of ``runs`` runs (see the module docstring).
+
+    Args:
+        model: the batched network (every parameter has the leading run dim).
+        spec: the optimiser spec, as for :func:`plasticity_rl.optim.make_optimizer`.
+        runs: S.
+        lrs: one learning rate per run (SGD and SGDM only), or None for the spec's ``lr``.
+
+    Raises:
+        ConfigError: ``lrs`` for an adaptive optimiser, of the wrong length, or out of range.
+    """
+    if lrs is None:
+        return make_optimizer(model, spec)
+    name, kwargs = split_spec(spec, "optimizer")
+    lrs = list(lrs)
+    require(name in PER_RUN_LR_OPTIMIZERS, "optimizer.lr", lrs,
+            f"one number for {name} (a per-run list needs {' or '.join(PER_RUN_LR_OPTIMIZERS)}: "
+            "adaptive optimisers are not linear in the gradient)")  # fmt: skip
+    require(len(lrs) == runs, "optimizer.lr", lrs, f"a number, or a list of {runs} (one per run)")
+    for lr in lrs:  # each run's settings must be valid on their own
+        others = {k: v for k, v in kwargs.items() if k not in ("lr", "update_clip")}
+        OPTIMIZERS.create(name, **others, lr=lr)
+    weight_decay = float(kwargs.get("weight_decay", 0.0))
+    optimizer = make_optimizer(model, spec, lr=1.0, weight_decay=0.0)
+    hook = PerRunLearningRates(optimizer, lrs, weight_decay)
+    optimizer.per_run_lr = hook  # type: ignore[attr-defined]
+    optimizer.plasticity_handles.append(hook)  # type: ignore[attr-defined]
+    return optimizer
+
+
+def run_optimizer_state_dict(optimizer: torch.optim.Optimizer, run: int) -> dict[str, Any]:
+    """Run ``run``'s optimiser state, as ``state_dict()`` of the same optimiser in a single run.
+
+    State tensors shaped like their (batched) parameter are sliced at ``run``; our Adam's
+    ``uniform_step`` is recomputed from the run's step counts; scalars shared by all runs (torch
+    Adam's step count) are copied. With per-run learning rates the groups get the run's ``lr``
+    and ``weight_decay`` and SGDM's momentum buffer is divided by ``lr_s`` (see the module doc).
+    """
+    state = optimizer.state_dict()
+    per_run_lr: PerRunLearningRates | None = getattr(optimizer, "per_run_lr", None)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    run_state: dict[int, dict[str, Any]] = {}
+    for index, param_state in state["state"].items():
+        shape = params[index].shape
+        sliced = {key: _run_value(value, shape, run) for key, value in param_state.items()}
+        if UNIFORM_STEP in sliced and isinstance(sliced.get("step"), Tensor):
+            steps = sliced["step"]
+            uniform = bool((steps == steps.flatten()[0]).all()) if steps.numel() else True
+            sliced[UNIFORM_STEP] = int(steps.flatten()[0]) if uniform else None
+        if per_run_lr is not None and "momentum_buffer" in sliced:
+            lr = per_run_lr.lrs[run]
+            buffer = sliced["momentum_buffer"]
+            sliced["momentum_buffer"] = buffer / lr if lr != 0 and buffer is not None else buffer
+        run_state[index] = sliced
+    groups = [dict(group) for group in state["param_groups"]]
+    if per_run_lr is not None:
+        for group in groups:
+            group.update(lr=per_run_lr.lrs[run], weight_decay=per_run_lr.weight_decay)
+    return {"state": run_state, "param_groups": groups}
+
+
+def _run_value(value: Any, param_shape: torch.Size, run: int) -> Any:
+    if isinstance(value, Tensor) and value.shape == param_shape:
+        return value[run].clone()
+    return value.clone() if isinstance(value, Tensor) else value

@@ -1,0 +1,258 @@
+"""Batched runs: S runs in one batched network give the numbers of S separate single runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+
+from plasticity_rl.config import REPO_ROOT, load_preset, resolve
+from plasticity_rl.methods import ContinualBackprop, ShrinkAndPerturb
+from plasticity_rl.nn import (
+    BatchedLinear,
+    build_mlp,
+    build_runs,
+    hidden_layers,
+    run_module,
+    run_state_dict,
+    sample_weight,
+)
+from plasticity_rl.optim.runs import make_run_optimizer
+from plasticity_rl.registry import ConfigError
+from plasticity_rl.supervised.config import SupervisedRunConfig
+from plasticity_rl.supervised.trainer import (
+    CHECKPOINT,
+    build_batched_learner,
+    run_configs,
+    train,
+    train_runs,
+)
+
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from train_supervised import main  # noqa: E402
+
+SEEDS = [0, 1, 2]
+REGRESSION = {"total_examples": 400, "bin_size": 100, "flip_every_examples": 50}
+OFTEN = {"replacement_rate": 0.05, "maturity_threshold": 5}  # ~1 replacement per 4 steps
+
+
+def config(env: str, agent: str, **layers: Any) -> SupervisedRunConfig:
+    base = {"train": {"probe_size": 50, "log_every_steps": 50}}
+    return resolve(
+        SupervisedRunConfig,
+        {"stream": load_preset("envs", env)},
+        load_preset("agents", agent),
+        base,
+        layers,
+    )
+
+
+def regression_config(**layers: Any) -> SupervisedRunConfig:
+    layers.setdefault("stream", {}).setdefault("kwargs", {}).update(REGRESSION)
+    return config("slowly-changing-regression", "regression-bp", **layers)
+
+
+def single_and_batched(cfg: SupervisedRunConfig, tmp_path: Path) -> tuple[list, list, list, list]:
+    """Results and checkpoints of each seed as a single run and as one of the batched runs."""
+    single_dirs = [tmp_path / f"single{s}" for s in SEEDS]
+    batched_dirs = [tmp_path / f"batched{s}" for s in SEEDS]
+    singles = []
+    for run_cfg, run_dir in zip(run_configs(cfg, SEEDS), single_dirs, strict=True):
+        run_dir.mkdir()
+        singles.append(train(run_cfg, run_dir, show_progress=False))
+    for run_dir in batched_dirs:
+        run_dir.mkdir()
+    batched = train_runs(cfg, SEEDS, batched_dirs, show_progress=False)
+    load = [torch.load(d / CHECKPOINT, weights_only=True) for d in single_dirs + batched_dirs]
+    return singles, batched, load[: len(SEEDS)], load[len(SEEDS) :]
+
+
+def assert_close_tree(a: Any, b: Any, path: str = "") -> None:
+    """Same structure; tensors and floats equal to float tolerance, everything else equal."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for key in a:
+            assert_close_tree(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_close_tree(x, y, f"{path}/{i}")
+    elif isinstance(a, torch.Tensor):
+        if a.dtype == torch.uint8:  # RNG states: the runs drew exactly the same numbers
+            assert torch.equal(a, b), path
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=path)
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5), path
+    else:
+        assert a == b, path
+
+
+def logged_total(run_dir: Path, tag: str) -> float:
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return sum(event.value for event in events.Scalars(tag))
+
+
+def assert_same_runs(cfg: SupervisedRunConfig, tmp_path: Path) -> list[dict]:
+    singles, batched, single_states, batched_states = single_and_batched(cfg, tmp_path)
+    for s, b in zip(singles, batched, strict=True):
+        s.pop("wall_seconds"), b.pop("wall_seconds")
+        assert_close_tree(s, b)
+    for s, b in zip(single_states, batched_states, strict=True):
+        assert_close_tree(s, b)
+    return batched_states
+
+
+def test_batched_forward_equals_each_runs_own_network():
+    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
+    batched = build_runs(lambda: build_mlp(4, [6, 5], 3, init="lecun_uniform"), generators)
+    assert isinstance(batched.output, BatchedLinear) and batched.output.weight.shape == (3, 3, 5)
+    layer = hidden_layers(batched)[1]  # unit j of run s: row [s, j] in, column [s, :, j] out
+    assert layer.incoming.weight.shape == (3, 5, 6) and layer.width == 5
+    x = torch.randn(3, 7, 4)
+    for s, seed in enumerate(SEEDS):
+        torch.manual_seed(seed)
+        single = build_mlp(4, [6, 5], 3, init="lecun_uniform")
+        torch.testing.assert_close(batched(x)[s], single(x[s]))
+        for key, value in run_state_dict(batched, s).items():
+            assert torch.equal(value, single.state_dict()[key]), key
+        torch.testing.assert_close(run_module(batched, s)(x[s]), single(x[s]))
+        # the run's generator continues where the single run's global RNG stands
+        assert torch.equal(generators[s].get_state(), torch.get_rng_state())
+
+
+def test_fresh_weights_of_a_run_come_from_its_own_generator():
+    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
+    batched = build_runs(lambda: build_mlp(4, [6], 3), generators)
+    states = [g.get_state() for g in generators]
+    fresh = sample_weight(batched.hidden[0], runs=torch.tensor([False, True, False]))
+    assert torch.all(fresh[0] == 0) and torch.all(fresh[2] == 0)
+    assert torch.equal(generators[0].get_state(), states[0])
+    torch.set_rng_state(states[1])
+    torch.manual_seed(1)
+    single = build_mlp(4, [6], 3)
+    torch.testing.assert_close(fresh[1], sample_weight(single.hidden[0]))
+
+
+@pytest.mark.parametrize("optimizer", [{"name": "sgd", "lr": 0.01}, {"name": "adam", "lr": 1e-3}])
+def test_regression_backprop_batched_equals_single_runs(optimizer, tmp_path):
+    assert_same_runs(regression_config(optimizer=optimizer), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "optimizer, state",
+    [({"name": "sgd", "lr": 0.01}, "zero_moments"),
+     ({"name": "adam", "lr": 1e-3}, "zero_moments_and_step")],
+)  # fmt: skip
+def test_regression_cbp_batched_equals_single_runs_through_replacements(optimizer, state, tmp_path):
+    cbp = {"continual_backprop": {**OFTEN, "optimizer_state": state}}
+    assert_same_runs(regression_config(optimizer=optimizer, method=cbp), tmp_path)
+    tag = "plasticity/net/hidden1/replacements"
+    # rho * 5 units = at most 0.25 per step: < 100 in 400 steps (fewer: new units must mature)
+    for seed in SEEDS:
+        total = logged_total(tmp_path / f"batched{seed}", tag)
+        assert total == logged_total(tmp_path / f"single{seed}", tag)
+        assert 50 <= total < 100
+
+
+def test_regression_redo_and_shrink_and_perturb_batched_equal_single_runs(tmp_path):
+    # S&P noise: run s draws from its generator, which continues the state a single run's
+    # global RNG has after torch.manual_seed(seed) and the network init, so the noise matches.
+    methods = {
+        "redo": {"tau": 0.3, "period": 20},
+        "shrink_and_perturb": {"shrink": 1e-3, "noise_std": 1e-2},
+    }
+    states = assert_same_runs(regression_config(method=methods), tmp_path)
+    assert all(c["methods"]["redo"]["steps"] == 400 for c in states)
+
+
+def test_online_permuted_mnist_batched_equals_single_runs(tmp_path, mnist_dir):
+    cfg = config(
+        "online-permuted-mnist", "cbp", data_dir=str(mnist_dir),
+        stream={"kwargs": {"num_tasks": 2}},
+        network={"hidden_sizes": [16, 16, 16]},
+        method={"continual_backprop": OFTEN},
+    )  # fmt: skip
+    assert_same_runs(cfg, tmp_path)
+    replaced = logged_total(tmp_path / "batched1", "plasticity/net/hidden2/replacements")
+    assert replaced > 100  # 0.05 * 16 units per step once mature, 600 steps
+
+
+def test_per_run_sgd_step_sizes_equal_separate_runs(tmp_path):
+    lrs = [0.03, 0.01, 0.003]
+    cfg = regression_config(optimizer={"name": "sgdm", "lr": lrs, "momentum": 0.9,
+                                       "weight_decay": 1e-3})  # fmt: skip
+    assert [c.optimizer["lr"] for c in run_configs(cfg, SEEDS)] == lrs
+    states = assert_same_runs(cfg, tmp_path)
+    assert [c["optimizer"]["param_groups"][0]["lr"] for c in states] == lrs
+
+
+def test_per_run_cbp_rates_equal_separate_runs(tmp_path):
+    cbp = {"continual_backprop": {"replacement_rate": [0.0, 0.05, 0.2], "maturity_threshold": 5}}
+    assert_same_runs(regression_config(method=cbp), tmp_path)
+    tag = "plasticity/net/hidden1/replacements"
+    totals = [logged_total(tmp_path / f"batched{seed}", tag) for seed in SEEDS]
+    assert totals[0] == 0 and 50 <= totals[1] < 100 and totals[2] > 2 * totals[1]
+
+
+def test_per_run_step_sizes_are_refused_for_adaptive_optimizers():
+    cfg = regression_config(optimizer={"name": "adam", "lr": [1e-3, 1e-4, 1e-5]})
+    with pytest.raises(ConfigError, match=r"optimizer.lr: got \[.*one number for adam"):
+        build_batched_learner(cfg, SEEDS)
+    generators = [torch.Generator().manual_seed(s) for s in range(2)]
+    net = build_runs(lambda: nn.Sequential(nn.Linear(2, 2)), generators)
+    with pytest.raises(ConfigError, match="a list of 2"):
+        make_run_optimizer(net, {"name": "sgd"}, 2, [0.1, 0.2, 0.3])
+
+
+def test_per_run_lists_must_have_one_value_per_run_and_gaba_is_refused():
+    cfg = regression_config(method={"continual_backprop": {"replacement_rate": [0.1, 0.2]}})
+    with pytest.raises(ConfigError, match="continual_backprop.replacement_rate.*a list of 3"):
+        build_batched_learner(cfg, SEEDS)
+    topk = {"name": "topk", "k": 2, "gaba_switch_T": 10.0}
+    with pytest.raises(ConfigError, match="gaba_switch_T.*null for batched runs"):
+        build_batched_learner(regression_config(network={"activation": topk}), SEEDS)
+    with pytest.raises(ConfigError, match="shrink_and_perturb.shrink"):
+        ShrinkAndPerturb(shrink=[0.1, 0.2])
+    with pytest.raises(ConfigError, match="replacement_rate"):
+        ContinualBackprop(replacement_rate=[0.1, 2.0])
+
+
+def test_cli_runs_writes_one_complete_directory_per_run(tmp_path):
+    args = ["--env", "slowly-changing-regression", "--agent", "regression-cbp", "--runs", "3",
+            "--seed", "4", "--logdir", str(tmp_path), "--name", "sweep", "--no-progress",
+            "--set", "stream.kwargs.total_examples=300", "--set", "stream.kwargs.bin_size=100",
+            "--set", "train.probe_size=20"]  # fmt: skip
+    assert main(args) == 0
+    for seed in (4, 5, 6):
+        run_dir = tmp_path / f"sweep__s{seed}"
+        results = json.loads((run_dir / "results.json").read_text())
+        assert len(results["squared_error_bins"]) == 3 and results["stream"]["seed"] == seed
+        assert f"seed: {seed}\n" in (run_dir / "config.yaml").read_text()
+        assert (run_dir / CHECKPOINT).is_file() and list(run_dir.glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--runs", "0"], r"--runs: got 0; allowed: an integer >= 1"),
+        (["--seeds", "0,x"], r"--seeds: got '0,x'"),
+        (["--seeds", "1,1"], r"--seeds: got \[1, 1\]; allowed: distinct seeds"),
+        (["--runs", "2", "--seeds", "0,1"], r"--runs: got 2; allowed: not with --seeds"),
+        (["--runs", "2", "--env", "split-mnist"], r"--runs: got 2; allowed: 1 for a stream"),
+    ],
+)
+def test_bad_run_counts_exit_2_and_write_nothing(extra, message, tmp_path, capsys, mnist_dir):
+    args = ["--env", "slowly-changing-regression", "--agent", "regression-bp",
+            "--data-dir", str(mnist_dir), "--logdir", str(tmp_path / "runs"), *extra]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and __import__("re").search(message, err), err
+    assert not (tmp_path / "runs").exists()
