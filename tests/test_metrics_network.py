@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -322,3 +324,10 @@ def test_collect_activations_rejects_layers_run_twice_or_never():
     with pytest.raises(ValueError, match="forward"):
         collect_activations([net.hidden, net.output], probe)
     assert_no_hooks(net)
+
+
+def test_layer_health_of_a_diverged_layer_reports_nan_ranks():
+    h = torch.tensor([[1.0, float("nan")], [0.0, 2.0]])
+    health = layer_health(h)
+    assert all(math.isnan(health[k]) for k in ("effective_rank", "srank99", "stable_rank"))
+    assert health["activation_sparsity"] == 0.25  # one exact zero of four entries
