@@ -6,10 +6,15 @@ Example:
     python scripts/sweep.py bricken2023-split-fashion-mnist --executor local \\
         --data-dir /usr/share/datasets/fashion-mnist
 
-Experiments are names of files in ``experiments/`` (or paths). Each trial is an ordinary run
-of ``train_rl.py`` / ``train_supervised.py`` in ``<logdir>/<scale>/<experiment>/<setting>__s<seed>``
-(its output in ``trial.log`` there). A restarted sweep skips finished runs, resumes unfinished
-ones from their checkpoint and restarts the others. ``--executor ray`` (default) needs the
+Experiments are names of files in ``experiments/`` (or paths). Each run is an ordinary run of
+``train_rl.py`` / ``train_supervised.py`` in ``<logdir>/<scale>/<experiment>/<setting>__s<seed>``
+(its output in ``trial.log`` there). A trial is one script call: one run, or, for supervised
+settings on an online stream (Online Permuted MNIST, the slowly-changing regression) whose
+config the trainer can batch, all seeds of the setting as one batched network
+(``train_supervised.py --seeds 0,1,2 --name <experiment>/<setting>``, the same run
+directories); ``--no-batch`` runs every seed alone. A restarted sweep skips finished runs,
+resumes unfinished ones from their checkpoint and restarts the others (the unfinished runs of a
+batched setting are restarted together, batched). ``--executor ray`` (default) needs the
 sweep extra (``pip install -e ".[sweep]"``): without ``--address`` it starts a local Ray with
 one trial per core; with one it uses that cluster. ``--executor local`` runs the trials one
 after another in this process. Exit status: 0 if no trial failed, 1 otherwise, 2 on a
@@ -56,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a config field in every trial (repeatable)",
     )
-    parser.add_argument("--only", help="run only the trials whose name contains this text")
+    parser.add_argument("--only", help="run only the runs whose name contains this text")
+    parser.add_argument(
+        "--no-batch", action="store_true", help="one trial per seed (no batched supervised runs)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the trials, run nothing")
     args = parser.parse_args(argv)
     if args.max_concurrent is not None and args.max_concurrent < 1:
@@ -65,17 +73,23 @@ def main(argv: list[str] | None = None) -> int:
         experiment = load_experiment(args.experiment, args.scale)
         trials = [t for t in experiment.trials if not args.only or args.only in t.run_name]
         logdir = args.logdir / args.scale
+        data_dirs = parse_data_dirs(args.data_dir)
         jobs, settled = plan(
-            experiment, logdir, args.overrides, parse_data_dirs(args.data_dir), trials
+            experiment, logdir, args.overrides, data_dirs, trials, batch=not args.no_batch
         )
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"{experiment.title}\nscale {experiment.scale}: {experiment.budget}")
+    batched = [job for job in jobs if job.batched]
     print(
-        f"{len(trials)} trials in {logdir.resolve() / experiment.name}: {len(jobs)} to run, "
-        f"{len(settled)} settled"
+        f"{len(trials)} runs in {logdir.resolve() / experiment.name}: "
+        f"{sum(len(job.run_dirs) for job in jobs)} to run in {len(jobs)} "
+        f"trial{'' if len(jobs) == 1 else 's'} "
+        f"({len(batched)} batched), {len(settled)} settled"
     )
+    for note in dict.fromkeys(job.note for job in jobs if job.note):
+        print(f"  note: {note}")
     if args.dry_run:
         for job in jobs:
             print(f"  [{job.action}] {job.name}\n      {job.command_line()}")

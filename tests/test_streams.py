@@ -215,6 +215,25 @@ def test_online_permuted_is_lazy_and_presents_each_image_once():
     assert huge.tasks[-1].train_x.shape == (200, 784)
 
 
+def test_online_permuted_examples_per_task_takes_the_first_of_each_tasks_order():
+    data = synthetic()  # 200 training images
+    full = make_stream("online_permuted", data, num_tasks=3, seed=3)
+    short = make_stream("online_permuted", data, num_tasks=3, seed=3, examples_per_task=50)
+    for t in range(3):
+        # the first 50 of the full task's 200, in the same order and with the same permutation
+        assert torch.equal(short.tasks[t].train_x, full.tasks[t].train_x[:50])
+        assert torch.equal(short.tasks[t].train_y, full.tasks[t].train_y[:50])
+    # task 1's first 50 are not task 0's: each task has its own order
+    assert not torch.equal(short.tasks[1].train_y, short.tasks[0].train_y)
+    assert short.description["examples_per_task"] == 50
+    assert full.description["examples_per_task"] == 200  # None: every image
+    more = make_stream("online_permuted", data, num_tasks=1, seed=3, examples_per_task=10**6)
+    assert more.description["examples_per_task"] == 200  # at most the split
+    assert torch.equal(more.tasks[0].train_x, full.tasks[0].train_x)
+    with pytest.raises(ConfigError, match="online_permuted.examples_per_task: got 0"):
+        make_stream("online_permuted", data, examples_per_task=0)
+
+
 # --------------------------------------------------------------------------- rotated
 
 

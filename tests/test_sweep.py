@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -56,7 +57,9 @@ def test_sweep_runs_skips_and_reports_failures(executor, experiment, tmp_path, m
             "--logdir", str(logdir), "--data-dir", str(mnist_dir)]  # fmt: skip
     code, out, _ = sweep(capsys, *args)
     assert code == 1, out
-    assert "sweep summary: 2 done, 0 skipped, 1 failed" in out
+    # split-mnist is not an online stream: one trial per run
+    assert "3 runs in" in out and "3 to run in 3 trials (0 batched)" in out
+    assert "sweep summary (trials): 2 done (2 runs), 0 skipped (0 runs), 1 failed (1 run)" in out
     runs = logdir / "small" / "tiny"
     for name in ("adam__s0", "sgd__s0"):
         run = runs / name
@@ -73,7 +76,7 @@ def test_sweep_runs_skips_and_reports_failures(executor, experiment, tmp_path, m
     assert not list(runs.glob("*.trial.log"))  # live logs were moved into the run directories
     # restarted: the finished trials are skipped, the failed one is tried again
     code, out, _ = sweep(capsys, *args)
-    assert code == 1 and "sweep summary: 0 done, 2 skipped, 1 failed" in out
+    assert code == 1 and "summary (trials): 0 done (0 runs), 2 skipped (2 runs), 1 failed" in out
 
 
 def test_dry_run_prints_the_trials_and_writes_nothing(experiment, tmp_path, capsys):
@@ -81,7 +84,7 @@ def test_dry_run_prints_the_trials_and_writes_nothing(experiment, tmp_path, caps
     code, out, _ = sweep(capsys, str(experiment), "--dry-run", "--scale", "paper",
                          "--logdir", str(logdir), "--only", "sgd")  # fmt: skip
     assert code == 0 and not logdir.exists()
-    assert "2 trials" in out and "[run] tiny/sgd__s1" in out
+    assert "2 runs in" in out and "[run] tiny/sgd__s1" in out and "--seed 1 " in out
     assert "--agent " + str((logdir / "paper" / "tiny" / "presets" / "sgd.yaml").resolve()) in out
 
 
@@ -94,26 +97,14 @@ def test_without_ray_the_error_says_how_to_install_it(experiment, tmp_path, monk
 def test_plan_skips_resumes_restarts_and_refuses_other_configs(experiment, tmp_path):
     exp = load_experiment(experiment, "paper")
     logdir = tmp_path.resolve()
-    presets = logdir / "tiny" / "presets"
     trials = {t.run_name: t for t in exp.trials}
-
-    def make_run(name: str, *files: str, lr: float | None = None) -> None:
-        cfg = resolve_trial(trials[name], presets)
-        if lr is not None:
-            cfg.optimizer["lr"] = lr
-        run = logdir / name
-        run.mkdir(parents=True)
-        (run / "config.yaml").write_text(to_yaml(cfg))
-        for file in files:
-            (run / file).parent.mkdir(parents=True, exist_ok=True)
-            (run / file).write_text("{}")
-
-    make_run("tiny/adam__s0", "results.json")  # finished
-    make_run("tiny/adam__s1", str(CHECKPOINT))  # interrupted after a checkpoint
-    make_run("tiny/sgd__s0")  # interrupted before one
-    make_run("tiny/sgd__s1", "results.json", lr=0.5)  # made with another config
+    make_run(logdir, trials["tiny/adam__s0"], "results.json")  # finished
+    make_run(logdir, trials["tiny/adam__s1"], str(CHECKPOINT))  # interrupted after a checkpoint
+    make_run(logdir, trials["tiny/sgd__s0"])  # interrupted before one
+    make_run(logdir, trials["tiny/sgd__s1"], "results.json", lr=0.5)  # made with another config
     jobs, settled = plan(exp, logdir, data_dirs=parse_data_dirs(["mnist=/data/m"]))
     actions = {j.name: j.action for j in jobs}
+    # split-mnist is not an online stream: the seeds of a setting are not batched
     assert actions == {"tiny/adam__s1": "resume", "tiny/sgd__s0": "restart",
                        "tiny/broken__s0": "run", "tiny/broken__s1": "run"}  # fmt: skip
     status = {o.name: o.status for o in settled}
@@ -122,3 +113,152 @@ def test_plan_skips_resumes_restarts_and_refuses_other_configs(experiment, tmp_p
     assert "optimizer.lr: 0.5 != 0.01" in conflict
     # the data directory goes to the dataset it was given for
     assert jobs[0].argv[-2:] == ["--data-dir", "/data/m"]
+
+
+REGRESSION = {
+    "title": "tiny regression",
+    "script": "supervised",
+    "env": "slowly-changing-regression",
+    "agents": [
+        {"name": "bp", "agent": "regression-bp"},
+        {"name": "cbp", "agent": "regression-cbp"},
+    ],
+    # 300 examples in bins of 100: 3 bins, a checkpoint after each
+    "set": ["stream.kwargs.total_examples=300", "stream.kwargs.bin_size=100"],
+    "scales": {"small": {"budget": "3 seeds", "seeds": 3}, "paper": {"budget": "-", "seeds": 3}},
+}
+# Top-K with the GABA switch: single runs train it, the batched builder refuses it
+TOPK = {
+    "name": "topk",
+    "agent": "regression-bp",
+    "config": {"network": {"activation": {"name": "topk", "k": 2, "gaba_switch_T": 10.0}}},
+}
+
+
+def write_spec(tmp_path: Path, spec: dict, name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def run_files(run_dir: Path) -> set[str]:
+    """A run directory's files (TensorBoard event files by kind, their names hold times)."""
+    return {
+        "events" if p.name.startswith("events.") else p.relative_to(run_dir).as_posix()
+        for p in run_dir.rglob("*")
+    }
+
+
+def test_batched_sweep_writes_the_runs_of_single_trials_and_reruns_missing_seeds(tmp_path, capsys):
+    spec = write_spec(tmp_path, REGRESSION, "reg")
+    args = [str(spec), "--executor", "local", "--logdir", str(tmp_path / "batched")]
+    code, out, _ = sweep(capsys, *args)
+    assert code == 0, out
+    # 2 settings x 3 seeds: one batched trial per setting
+    assert "6 runs in" in out and "6 to run in 2 trials (2 batched)" in out
+    assert "sweep summary (trials): 2 done (6 runs), 0 skipped (0 runs), 0 failed (0 runs)" in out
+    assert "done: reg/bp__s0,1,2" in out and "done: reg/cbp__s0,1,2" in out
+    code, out, _ = sweep(capsys, str(spec), "--executor", "local", "--no-batch",
+                         "--logdir", str(tmp_path / "single"))  # fmt: skip
+    assert code == 0 and "6 to run in 6 trials (0 batched)" in out
+    batched, single = tmp_path / "batched" / "small" / "reg", tmp_path / "single" / "small" / "reg"
+    for setting in ("bp", "cbp"):
+        for seed in range(3):
+            run, alone = batched / f"{setting}__s{seed}", single / f"{setting}__s{seed}"
+            assert run_files(run) == run_files(alone)
+            assert (run / "config.yaml").read_text() == (alone / "config.yaml").read_text()
+            results = json.loads((run / "results.json").read_text())
+            expected = json.loads((alone / "results.json").read_text())
+            assert results.keys() == expected.keys() and len(results["squared_error_bins"]) == 3
+            # the batched run is the single run of its seed (same data, initial network, steps)
+            errors = results["squared_error_bins"]
+            assert errors == pytest.approx(expected["squared_error_bins"], rel=1e-4)
+            assert "3 batched runs (seeds [0, 1, 2])" in (run / "trial.log").read_text()
+    assert not list(batched.glob("*.trial.log"))  # live logs were moved into the run directories
+    # rerun: every run is finished
+    code, out, _ = sweep(capsys, *args)
+    assert code == 0 and "0 to run in 0 trials" in out and "6 skipped (6 runs)" in out
+    # one seed's run deleted: only that seed runs, on its own
+    shutil.rmtree(batched / "cbp__s1")
+    code, out, _ = sweep(capsys, *args)
+    assert code == 0 and "1 to run in 1 trial (0 batched)" in out
+    assert "sweep summary (trials): 1 done (1 run), 5 skipped (5 runs)" in out
+    assert "done: reg/cbp__s1" in out and (batched / "cbp__s1" / "results.json").is_file()
+
+
+def test_dry_run_shows_batched_commands_and_why_a_setting_is_not_batched(tmp_path, capsys):
+    spec = write_spec(tmp_path, {**REGRESSION, "agents": [*REGRESSION["agents"], TOPK]}, "reg")
+    logdir = tmp_path / "sweeps"
+    code, out, _ = sweep(capsys, str(spec), "--dry-run", "--logdir", str(logdir))
+    assert code == 0 and not logdir.exists()
+    assert "9 to run in 5 trials (2 batched)" in out  # bp and cbp batched, topk one per seed
+    assert "[run] reg/bp__s0,1,2" in out and "--seeds 0,1,2 --name reg/bp " in out
+    assert "[run] reg/topk__s2" in out and "--seed 2 --name reg/topk__s2 " in out
+    assert "note: reg/topk: seeds not batched: network.activation.gaba_switch_T" in out
+    code, out, _ = sweep(capsys, str(spec), "--dry-run", "--no-batch", "--logdir", str(logdir))
+    assert "9 to run in 9 trials (0 batched)" in out and "--seeds" not in out
+
+
+def make_run(logdir: Path, trial, *files: str, lr: float | None = None) -> None:
+    """A run directory of ``trial`` with its config (optionally another lr) and ``files``."""
+    cfg = resolve_trial(trial, logdir / trial.experiment / "presets")
+    if lr is not None:
+        cfg.optimizer["lr"] = lr
+    run = logdir / trial.run_name
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    for file in files:
+        (run / file).parent.mkdir(parents=True, exist_ok=True)
+        (run / file).write_text("{}")
+
+
+def test_plan_batches_the_unfinished_seeds_of_a_setting_and_restarts_them(tmp_path):
+    exp = load_experiment(write_spec(tmp_path, REGRESSION, "reg"))
+    logdir = tmp_path.resolve()
+    trials = {t.run_name: t for t in exp.trials}
+    make_run(logdir, trials["reg/bp__s0"], "results.json")  # finished
+    make_run(logdir, trials["reg/bp__s1"], str(CHECKPOINT))  # interrupted after a checkpoint
+    make_run(logdir, trials["reg/cbp__s0"], "results.json")
+    make_run(logdir, trials["reg/cbp__s1"], "results.json")  # cbp: only seed 2 is missing
+    jobs, settled = plan(exp, logdir)
+    # bp: seeds 1 and 2 batched; the interrupted run is restarted (no group resume)
+    assert [(j.name, j.action) for j in jobs] == [("reg/bp__s1,2", "restart"),
+                                                  ("reg/cbp__s2", "run")]  # fmt: skip
+    assert jobs[0].run_dirs == [logdir / "reg" / "bp__s1", logdir / "reg" / "bp__s2"]
+    assert "--seeds 1,2 --name reg/bp " in jobs[0].command_line()
+    assert sorted(o.name for o in settled if o.status == "skipped") == [
+        "reg/bp__s0", "reg/cbp__s0", "reg/cbp__s1"]  # fmt: skip
+    # without batching the interrupted run is resumed from its checkpoint
+    jobs, _ = plan(exp, logdir, batch=False)
+    actions = {j.name: j.action for j in jobs}
+    assert actions == {"reg/bp__s1": "resume", "reg/bp__s2": "run", "reg/cbp__s2": "run"}
+
+
+def test_online_permuted_settings_are_batched_when_their_dataset_is_on_disk(
+    tmp_path, mnist_dir, capsys
+):
+    online = {**REGRESSION, "env": "online-permuted-mnist", "agents": ["bp"], "set": []}
+    exp = load_experiment(write_spec(tmp_path, online, "online"))
+    jobs, _ = plan(exp, tmp_path / "plan", data_dirs=parse_data_dirs([str(mnist_dir)]))
+    assert [j.name for j in jobs] == ["online/bp__s0,1,2"]
+    assert jobs[0].argv[-2:] == ["--data-dir", str(mnist_dir)]
+    # run: 2 tasks of the first 50 of the 300 images each, so the tasks end at steps 50 and 100
+    short = ["stream.kwargs.num_tasks=2", "stream.kwargs.examples_per_task=50",
+             "network.hidden_sizes=[8]", "train.probe_size=20"]  # fmt: skip
+    sets = [arg for item in short for arg in ("--set", item)]
+    logdir = tmp_path / "sweeps"
+    code, out, _ = sweep(capsys, str(tmp_path / "online.yaml"), "--executor", "local", *sets,
+                         "--logdir", str(logdir), "--data-dir", str(mnist_dir))  # fmt: skip
+    assert code == 0 and "1 done (3 runs)" in out, out
+    for seed in range(3):
+        results = json.loads(
+            (logdir / "small" / "online" / f"bp__s{seed}" / "results.json").read_text()
+        )
+        assert results["task_end_steps"] == [50, 100] and len(results["online_accuracy"]) == 2
+    # the check reads the dataset and never downloads it: without it the seeds run one by one
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    jobs, _ = plan(exp, tmp_path / "plan", data_dirs=parse_data_dirs([str(empty)]))
+    assert [j.name for j in jobs] == ["online/bp__s0", "online/bp__s1", "online/bp__s2"]
+    assert "seeds not batched: mnist" in jobs[0].note and "downloading is off" in jobs[0].note
+    assert not list(empty.iterdir())

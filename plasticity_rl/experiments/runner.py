@@ -1,10 +1,18 @@
 """Run an experiment's trials: plan (skip, resume, restart), execute locally or on Ray, report.
 
-Each trial is an ordinary run of ``scripts/train_rl.py`` or ``scripts/train_supervised.py``:
-the worker calls the script's ``main(argv)`` with the fixed run name
-``<experiment>/<setting>__s<seed>`` under ``<logdir>/<scale>/``, so a sweep's runs have the same
-directory layout and TensorBoard logs as single runs. The script's output (stdout, stderr and
-any traceback) goes to ``<run_dir>/trial.log``.
+Each run (a setting and a seed) is an ordinary run of ``scripts/train_rl.py`` or
+``scripts/train_supervised.py`` in ``<logdir>/<scale>/<experiment>/<setting>__s<seed>``, so a
+sweep's runs have the same directory layout and TensorBoard logs as single runs. A trial is one
+call of the script's ``main(argv)``: one run (``--seed s --name <setting>__s<s>``), or, when a
+setting's seeds can be batched, all of them at once (``--seeds 0,1,2 --name <setting>``, which
+trains the seeds as one batched network and writes the same run directories, see
+``scripts/train_supervised.py``). The script's output (stdout, stderr and any traceback) goes
+to ``trial.log`` in each of the trial's run directories.
+
+Batching (:func:`plan`): the runs of a setting that need the script form one batched trial when
+the script is ``supervised``, there are at least two of them, the stream is one of
+:data:`BATCHED_STREAMS` and :func:`batching_refusal` finds that the trainer builds the batched
+runs; otherwise (and with ``batch=False``) each run is its own trial.
 
 Restarting a sweep:
 
@@ -12,6 +20,11 @@ Restarting a sweep:
   missing post-training evaluations (``evaluate:`` of the experiment) are run on it;
 - an unfinished run with a checkpoint is continued with ``--resume``;
 - an unfinished run without a checkpoint is deleted and started again;
+- the unfinished runs of a batched trial (the setting's seeds that are missing or unfinished)
+  are deleted and started again as one batched trial, with or without a checkpoint: batched
+  runs have no group resume (``train_supervised.py --resume`` takes one run), and restarting
+  them batched is cheaper than resuming them one by one; ``batch=False`` (``--no-batch``)
+  resumes them one by one instead;
 - a run directory whose ``config.yaml`` differs from the trial's config is reported as a
   failure and left alone (another scale or an edited preset: use another ``--logdir``).
 
@@ -25,6 +38,8 @@ checkpoints, which Tune would duplicate with its own trial directories and resto
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import importlib.util
 import os
 import shlex
@@ -49,6 +64,9 @@ CHECKPOINT = Path("checkpoints") / "latest.pt"
 IGNORED_CONFIG_KEYS = ("agent_preset", "data_dir", "env_preset")
 """Config fields that may differ between a trial and its existing run (paths)."""
 LOG_TAIL_LINES = 25
+BATCHED_STREAMS = ("online_permuted", "slowly_changing_regression")
+"""The streams whose runs ``build_batched_learner`` can batch (the online ones); a setting on
+another stream is never batched, and its dataset is not read to check it."""
 RAY_MISSING = (
     "local (runs the trials one after another); Ray is not installed: for ray install the "
     'sweep extra, pip install -e ".[sweep]" (or pip install "ray[tune]")'
@@ -60,22 +78,36 @@ class TrialJob:
     """What a worker needs to run one trial (plain, picklable data)."""
 
     name: str
+    """``<experiment>/<setting>__s<seed>``, or ``...__s0,1,2`` for a batched trial."""
     script: str
-    run_dir: Path
+    run_dirs: list[Path]
+    """The trial's run directories: one, or one per seed of a batched trial."""
     action: str
-    """``run`` (fresh), ``restart`` (delete the partial run first), ``resume`` or ``evaluate``
+    """``run`` (fresh), ``restart`` (delete the partial runs first), ``resume`` or ``evaluate``
     (the run is finished; only post-training evaluations are missing)."""
     argv: list[str]
     """The script's arguments for a fresh run."""
     data_dir: str | None = None
     evaluate: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+    """Why the setting's seeds are not batched, when batching them was tried and refused."""
+
+    @property
+    def batched(self) -> bool:
+        return len(self.run_dirs) > 1
+
+    @property
+    def live_log(self) -> Path:
+        """Where the script's output goes while it runs: next to the run directories (the
+        script creates those itself), ``<setting>__s<seed>[,<seed>...].trial.log``."""
+        return self.run_dirs[0].parent / f"{self.name.rpartition('/')[2]}.{TRIAL_LOG}"
 
     def script_argv(self) -> list[str]:
         """The script's arguments for this job's action (``--resume`` for ``resume``)."""
         if self.action != "resume":
             return self.argv
         data = ["--data-dir", self.data_dir] if self.data_dir is not None else []
-        return ["--resume", str(self.run_dir), "--no-progress", *data]
+        return ["--resume", str(self.run_dirs[0]), "--no-progress", *data]
 
     def command_line(self) -> str:
         """The equivalent shell command (``evaluate`` jobs run no script)."""
@@ -85,10 +117,12 @@ class TrialJob:
 
 @dataclass
 class TrialOutcome:
+    """How a trial ended, or why a run was settled without running."""
+
     name: str
     status: str
     """``done``, ``skipped`` or ``failed``."""
-    run_dir: Path
+    run_dirs: list[Path]
     seconds: float = 0.0
     message: str = ""
     """Why it failed, with the tail of its log; or what was skipped."""
@@ -136,47 +170,153 @@ def plan(
     extra: Sequence[str] = (),
     data_dirs: Mapping[str | None, str] | None = None,
     trials: Iterable[Trial] | None = None,
+    batch: bool = True,
 ) -> tuple[list[TrialJob], list[TrialOutcome]]:
-    """The jobs to run and the trials settled without running (skipped or conflicting).
+    """The jobs to run and the runs settled without running (skipped or conflicting).
 
     ``logdir`` is the scale's directory (``<--logdir>/<scale>``); trial configs are resolved
-    (raising :class:`ConfigError` on a bad preset) but nothing is written.
+    (raising :class:`ConfigError` on a bad preset) but nothing is written. With ``batch``, the
+    runs of a setting that need the script become one batched trial where
+    :func:`batching_refusal` allows it (see the module docstring).
     """
     logdir = logdir.resolve()
     preset_dir = logdir / experiment.name / "presets"
     jobs: list[TrialJob] = []
     settled: list[TrialOutcome] = []
+    settings: dict[str, list[Trial]] = {}
     for trial in experiment.trials if trials is None else trials:
-        run_dir = logdir / trial.run_name
-        cfg = resolve_trial(trial, preset_dir, extra)
-        data_dir = None
-        if trial.script == "supervised":
-            data_dir = data_dir_for(cfg.stream.dataset, data_dirs or {})
-        argv = trial.argv(preset_dir, logdir, extra)
-        if data_dir is not None:
-            argv += ["--data-dir", data_dir]
-        job = TrialJob(
-            trial.run_name, trial.script, run_dir, "run", argv, data_dir, dict(experiment.evaluate)
-        )
-        if run_dir.exists():
-            difference = config_difference(run_dir, cfg)
-            if difference:
-                message = (
-                    f"{run_dir} exists with a different config ({difference}); "
-                    "use another --logdir or remove it"
-                )
-                settled.append(TrialOutcome(trial.run_name, "failed", run_dir, message=message))
-                continue
-            if run_is_complete(run_dir):
-                if not evaluations_missing(run_dir, experiment.evaluate):
-                    settled.append(TrialOutcome(trial.run_name, "skipped", run_dir))
-                    continue
-                job.action = "evaluate"
+        settings.setdefault(trial.setting, []).append(trial)
+    for setting_trials in settings.values():
+        to_run: list[tuple[Trial, Any, TrialJob]] = []
+        for trial in setting_trials:
+            cfg, job = _plan_run(trial, experiment, logdir, preset_dir, extra, data_dirs or {})
+            if isinstance(job, TrialOutcome):
+                settled.append(job)
+            elif job.action == "evaluate":
+                jobs.append(job)
             else:
-                resumable = (run_dir / CHECKPOINT).is_file()
-                job.action = "resume" if resumable else "restart"
-        jobs.append(job)
+                to_run.append((trial, cfg, job))
+        jobs += _batch(to_run, preset_dir, logdir, extra) if batch else [j for *_, j in to_run]
     return jobs, settled
+
+
+def _plan_run(
+    trial: Trial,
+    experiment: Experiment,
+    logdir: Path,
+    preset_dir: Path,
+    extra: Sequence[str],
+    data_dirs: Mapping[str | None, str],
+) -> tuple[Any, TrialJob | TrialOutcome]:
+    """The trial's resolved config, and its job on its own (or how it is settled)."""
+    run_dir = logdir / trial.run_name
+    cfg = resolve_trial(trial, preset_dir, extra)
+    data_dir = None
+    if trial.script == "supervised":
+        data_dir = data_dir_for(cfg.stream.dataset, data_dirs)
+    argv = trial.argv(preset_dir, logdir, extra)
+    if data_dir is not None:
+        argv += ["--data-dir", data_dir]
+    job = TrialJob(
+        trial.run_name, trial.script, [run_dir], "run", argv, data_dir, dict(experiment.evaluate)
+    )
+    if not run_dir.exists():
+        return cfg, job
+    difference = config_difference(run_dir, cfg)
+    if difference:
+        message = (
+            f"{run_dir} exists with a different config ({difference}); "
+            "use another --logdir or remove it"
+        )
+        return cfg, TrialOutcome(trial.run_name, "failed", [run_dir], message=message)
+    if run_is_complete(run_dir):
+        if not evaluations_missing(run_dir, experiment.evaluate):
+            return cfg, TrialOutcome(trial.run_name, "skipped", [run_dir])
+        job.action = "evaluate"
+    else:
+        job.action = "resume" if (run_dir / CHECKPOINT).is_file() else "restart"
+    return cfg, job
+
+
+def _batch(
+    to_run: Sequence[tuple[Trial, Any, TrialJob]],
+    preset_dir: Path,
+    logdir: Path,
+    extra: Sequence[str],
+) -> list[TrialJob]:
+    """A setting's runs that need the script (trial, resolved config, own job): one batched
+    trial (``restart`` if any of them has started) when they can be batched, else their own
+    jobs (with a note if batching was refused)."""
+    runs = [job for *_, job in to_run]
+    if len(runs) < 2 or runs[0].script != "supervised":
+        return runs
+    (first, cfg, _), data_dir = to_run[0], runs[0].data_dir
+    if cfg.stream.stream not in BATCHED_STREAMS:
+        return runs
+    seeds = [trial.seed for trial, *_ in to_run]
+    check_cfg = cfg if data_dir is None else dataclasses.replace(cfg, data_dir=data_dir)
+    refusal = batching_refusal(check_cfg, seeds)
+    if refusal is not None:
+        for job in runs:
+            job.note = f"{first.setting_name}: seeds not batched: {refusal}"
+        return runs
+    argv = first.argv(preset_dir, logdir, extra, seeds)
+    if data_dir is not None:
+        argv += ["--data-dir", data_dir]
+    return [
+        TrialJob(
+            f"{first.setting_name}__s{','.join(str(s) for s in seeds)}",
+            first.script,
+            [job.run_dirs[0] for job in runs],
+            "restart" if any(job.action != "run" for job in runs) else "run",
+            argv,
+            data_dir,
+            runs[0].evaluate,
+        )
+    ]
+
+
+def batching_refusal(cfg: Any, seeds: Sequence[int]) -> str | None:
+    """Why the runs of ``cfg`` (a supervised run config) with ``seeds`` cannot train as one
+    batched trial; None if they can.
+
+    The trainer has no side-effect-free check, so this one builds the batched runs with
+    :func:`~plasticity_rl.supervised.trainer.build_batched_learner` on the meta device: its own
+    refusals (a stream that is not online, a CNN, SDM layers, Top-K's GABA switch, per-run lists
+    for methods without them, ...) are the answer, and no network is allocated. Building the
+    streams reads the dataset (``cfg.data_dir``); it is never downloaded here: a dataset that is
+    not on disk is a refusal (the runs then go one by one and the first downloads it). So is an
+    operation the meta device does not implement: not batching is always safe.
+    """
+    import torch
+
+    from plasticity_rl.supervised.datasets import DatasetFormatError, DatasetNotFound
+    from plasticity_rl.supervised.trainer import build_batched_learner
+
+    if cfg.stream.dataset is not None:
+        missing = _dataset_missing(cfg.stream.dataset, cfg.data_dir)
+        if missing is not None:
+            return missing
+    try:
+        with torch.device("meta"):
+            build_batched_learner(cfg, seeds)
+    except (ConfigError, DatasetNotFound, DatasetFormatError) as err:
+        return str(err)
+    except (NotImplementedError, RuntimeError) as err:  # an operation the meta device lacks
+        return f"the check on the meta device failed ({type(err).__name__}: {err})"
+    return None
+
+
+@functools.cache
+def _dataset_missing(name: str, data_dir: str | None) -> str | None:
+    """Why dataset ``name`` cannot be read from ``data_dir`` without downloading (None: it can)."""
+    from plasticity_rl.supervised.datasets import DatasetFormatError, DatasetNotFound, load_dataset
+
+    try:
+        load_dataset(name, data_dir, download=False)
+    except (DatasetNotFound, DatasetFormatError) as err:
+        return str(err)
+    return None
 
 
 def config_difference(run_dir: Path, cfg: Any) -> str:
@@ -202,16 +342,18 @@ def load_script_main(name: str) -> Any:
 
 
 def run_trial(job: TrialJob) -> TrialOutcome:
-    """Run one trial in this process; its output is appended to ``<run_dir>/trial.log``.
+    """Run one trial in this process; its output is appended to ``trial.log`` in each of its
+    run directories.
 
-    The log is written next to the run directory while the script runs (the script creates the
-    directory itself) and moved into it at the end. Never raises: a failure is an outcome.
+    The log is written to :attr:`TrialJob.live_log` while the script runs (the script creates
+    the run directories itself) and moved into them at the end. Never raises: a failure is an
+    outcome.
     """
     import torch
 
     torch.set_num_threads(1)
     start = time.time()
-    live_log = job.run_dir.with_name(job.run_dir.name + "." + TRIAL_LOG)
+    live_log = job.live_log
     live_log.parent.mkdir(parents=True, exist_ok=True)
     ok = False
     with (
@@ -224,34 +366,41 @@ def run_trial(job: TrialJob) -> TrialOutcome:
             ok = _run_job(job)
         except Exception:
             traceback.print_exc()
-    log_path = job.run_dir / TRIAL_LOG
-    job.run_dir.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a") as out:
-        out.write(live_log.read_text())
+    text = live_log.read_text()
+    for run_dir in job.run_dirs:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with (run_dir / TRIAL_LOG).open("a") as out:
+            out.write(text)
     live_log.unlink()
     seconds = time.time() - start
     if ok:
-        return TrialOutcome(job.name, "done", job.run_dir, seconds)
-    return TrialOutcome(job.name, "failed", job.run_dir, seconds, log_tail(log_path))
+        return TrialOutcome(job.name, "done", job.run_dirs, seconds)
+    return TrialOutcome(
+        job.name, "failed", job.run_dirs, seconds, log_tail(job.run_dirs[0] / TRIAL_LOG)
+    )
 
 
 def _run_job(job: TrialJob) -> bool:
     """The script run (and post-training evaluations) of one job; True on success."""
     if job.action == "restart":
-        shutil.rmtree(job.run_dir)
+        for run_dir in job.run_dirs:
+            if run_dir.exists():  # a batched trial's runs may be partly missing
+                shutil.rmtree(run_dir)
     if job.action != "evaluate":
         code = load_script_main(job.script)(job.script_argv())
         if code != 0:
             print(f"{job.name}: the script exited with status {code}")
             return False
-        if not run_is_complete(job.run_dir):
-            print(f"{job.name}: the script returned but the run is not complete")
+        incomplete = [str(d) for d in job.run_dirs if not run_is_complete(d)]
+        if incomplete:
+            print(f"{job.name}: the script returned but runs are not complete: {incomplete}")
             return False
     if "magnitude_pruning" in job.evaluate:
         from plasticity_rl.experiments.pruning import write_pruning_results
 
         fractions = job.evaluate["magnitude_pruning"]["fractions"]
-        write_pruning_results(job.run_dir, fractions, job.data_dir)
+        for run_dir in job.run_dirs:
+            write_pruning_results(run_dir, fractions, job.data_dir)
     return True
 
 
@@ -299,8 +448,8 @@ def run_ray(
             try:
                 yield ray.get(ready[0])
             except ray.exceptions.RayError as err:
-                message = f"Ray task failed: {err}\n{log_tail(job.run_dir / TRIAL_LOG)}"
-                yield TrialOutcome(job.name, "failed", job.run_dir, message=message)
+                message = f"Ray task failed: {err}\n{log_tail(job.run_dirs[0] / TRIAL_LOG)}"
+                yield TrialOutcome(job.name, "failed", job.run_dirs, message=message)
     finally:
         for ref in pending:
             ray.cancel(ref, force=True)
@@ -308,14 +457,20 @@ def run_ray(
 
 
 def summary(outcomes: Sequence[TrialOutcome]) -> str:
-    """Counts of done / skipped / failed trials, then each failure with its log tail."""
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed")}
-    lines = ["sweep summary: " + ", ".join(f"{n} {s}" for s, n in counts.items())]
+    """Counts of done / skipped / failed trials (and their runs: a batched trial has several),
+    then each failure with its log tail."""
+    counts = []
+    for status in ("done", "skipped", "failed"):
+        ended = [o for o in outcomes if o.status == status]
+        runs = sum(len(o.run_dirs) for o in ended)
+        counts.append(f"{len(ended)} {status} ({runs} run{'' if runs == 1 else 's'})")
+    lines = ["sweep summary (trials): " + ", ".join(counts)]
     for status in ("done", "skipped", "failed"):
         names = [o.name for o in outcomes if o.status == status]
         if names:
             lines.append(f"  {status}: {', '.join(names)}")
     for o in outcomes:
         if o.status == "failed":
-            lines += [f"--- {o.name} failed ({o.run_dir}):", *o.message.splitlines()]
+            where = o.run_dirs[0] if len(o.run_dirs) == 1 else o.run_dirs[0].parent
+            lines += [f"--- {o.name} failed ({where}):", *o.message.splitlines()]
     return "\n".join(lines)

@@ -106,9 +106,15 @@ class Trial:
     seed: int
 
     @property
+    def setting_name(self) -> str:
+        """``<experiment>/<setting>``: the ``--name`` of a batched trial of the setting's seeds,
+        whose runs are ``<setting_name>__s<seed>``."""
+        return f"{self.experiment}/{self.setting}"
+
+    @property
     def run_name(self) -> str:
         """``<experiment>/<setting>__s<seed>``: the run directory under the sweep's logdir."""
-        return f"{self.experiment}/{self.setting}__s{self.seed}"
+        return f"{self.setting_name}__s{self.seed}"
 
     @property
     def agent_preset(self) -> dict[str, Any] | None:
@@ -120,14 +126,26 @@ class Trial:
         """What to pass as ``--agent``: the preset name, or the path of the written preset."""
         return self.agent if not self.config else str(preset_dir / f"{self.setting}.yaml")
 
-    def argv(self, preset_dir: Path, logdir: Path, extra: Sequence[str] = ()) -> list[str]:
-        """The training script's arguments for a fresh run of this trial."""
+    def argv(
+        self,
+        preset_dir: Path,
+        logdir: Path,
+        extra: Sequence[str] = (),
+        seeds: Sequence[int] | None = None,
+    ) -> list[str]:
+        """The training script's arguments for a fresh run of this trial, or with ``seeds`` for
+        one batched trial of this setting's runs with those seeds (``train_supervised.py
+        --seeds 0,1,2 --name <setting_name>``, which writes the runs ``<setting_name>__s<seed>``).
+        """
+        if seeds is None:
+            runs = {"--seed": str(self.seed), "--name": self.run_name}
+        else:
+            runs = {"--seeds": ",".join(str(s) for s in seeds), "--name": self.setting_name}
         options = {
             "--env": self.env,
             "--agent": self.agent_ref(preset_dir),
-            "--seed": str(self.seed),
+            **runs,
             "--logdir": str(logdir),
-            "--name": self.run_name,
         }
         sets = [arg for item in [*self.overrides, *extra] for arg in ("--set", item)]
         return [*(arg for pair in options.items() for arg in pair), "--no-progress", *sets]

@@ -7,7 +7,8 @@
 - ``permuted``: Permuted MNIST (Goodfellow et al. 2013): one fixed random pixel permutation per
   task;
 - ``online_permuted``: Online Permuted MNIST (Dohare et al. 2024): 800 permutations, each task's
-  60,000 training images seen once in a seeded random order, batch size 1, no task-switch signal;
+  60,000 training images (or the first ``examples_per_task`` of them) seen once in a seeded
+  random order, batch size 1, no task-switch signal;
 - ``rotated``: Rotated MNIST (stability-gap setting of De Lange et al. 2023): one rotation angle
   per task;
 - ``class_incremental``: class-incremental CIFAR-100 (Dohare et al. 2024): 5 new classes per
@@ -492,8 +493,9 @@ def _permuted(
     flatten: bool | None,
     normalize: bool,
     online: bool,
+    examples_per_task: int | None = None,
 ) -> TaskStream:
-    """Shared body of ``permuted`` and ``online_permuted``."""
+    """Shared body of ``permuted`` and ``online_permuted`` (``examples_per_task``: online only)."""
     dataset = _require_dataset(stream, dataset)
     require(
         isinstance(num_tasks, int) and num_tasks >= 1,
@@ -502,6 +504,15 @@ def _permuted(
         "an integer >= 1",
     )
     _require_seed(f"{stream}.seed", seed)
+    require(
+        examples_per_task is None
+        or (isinstance(examples_per_task, int) and examples_per_task >= 1),
+        f"{stream}.examples_per_task",
+        examples_per_task,
+        "null (every training image) or an integer >= 1",
+    )
+    num_train = len(dataset.train_y)
+    per_task = num_train if examples_per_task is None else min(examples_per_task, num_train)
     preprocess = ImagePreprocessor(dataset.train_x, normalize, flatten)
     num_pixels = math.prod(preprocess.image_shape)
     all_classes = list(range(dataset.num_classes))
@@ -517,7 +528,7 @@ def _permuted(
 
         train_x, train_y = dataset.train_x, dataset.train_y
         if online:
-            order = example_order(seed, t, len(train_y))
+            order = example_order(seed, t, num_train)[:per_task]
             train_x, train_y = train_x[order], train_y[order]
             test_x = preprocess(dataset.test_x[:0])
             test_y = dataset.test_y[:0]
@@ -549,7 +560,14 @@ def _permuted(
             "flatten": preprocess.flatten,
             "normalize": normalize,
         }
-        | ({"example_order": "example_order(seed, task, num_train)"} if online else {}),
+        | (
+            {
+                "examples_per_task": per_task,
+                "example_order": "example_order(seed, task, num_train)[:examples_per_task]",
+            }
+            if online
+            else {}
+        ),
     )
 
 
@@ -589,11 +607,14 @@ def online_permuted_stream(
     first_task_unpermuted: bool = False,
     flatten: bool | None = None,
     normalize: bool = False,
+    examples_per_task: int | None = None,
 ) -> TaskStream:
     """Online Permuted MNIST (Dohare et al. 2024): ``permuted``, trained online.
 
     Task ``t``'s ``train_x`` is every training image once, in the order
     :func:`example_order` ``(seed, t, N)``, with pixel permutation ``t``; ``test_x`` is empty.
+    With ``examples_per_task`` it is the first ``examples_per_task`` images of that order (a
+    shorter task with the same example order; all ``N`` when it is at least ``N``).
     The stream has ``online=True``: one pass, batch size 1, online accuracy, and no task-switch
     signal to methods (see :class:`TaskStream`).
 
@@ -604,9 +625,19 @@ def online_permuted_stream(
         first_task_unpermuted: task 0 uses the original images.
         flatten: see the module docstring (``None``: flatten single-channel images).
         normalize: per-channel standardisation with training-split statistics.
+        examples_per_task: images per task (the first of each task's order); None: all 60,000
+            (the paper).
     """
     return _permuted(
-        "online_permuted", dataset, num_tasks, seed, first_task_unpermuted, flatten, normalize, True
+        "online_permuted",
+        dataset,
+        num_tasks,
+        seed,
+        first_task_unpermuted,
+        flatten,
+        normalize,
+        True,
+        examples_per_task,
     )
 
 
