@@ -4,33 +4,15 @@ from __future__ import annotations
 
 import copy
 import io
-from dataclasses import dataclass, field
 
 import pytest
 import torch
+from stand_ins import StandInTask, linear_with
 from torch import Tensor, nn
 
 from plasticity_rl.methods import EWC, make_method
 from plasticity_rl.nn import build_mlp
 from plasticity_rl.registry import ConfigError
-
-
-@dataclass
-class StandInTask:
-    """The attributes of ``supervised.streams.Task`` that the methods use."""
-
-    train_x: Tensor
-    train_y: Tensor
-    classes: list[int] = field(default_factory=list)
-    active_classes: list[int] = field(default_factory=list)
-
-
-def _linear(weight: list[list[float]], bias: list[float]) -> nn.Linear:
-    layer = nn.Linear(len(weight[0]), len(weight))
-    with torch.no_grad():
-        layer.weight.copy_(torch.tensor(weight))
-        layer.bias.copy_(torch.tensor(bias))
-    return layer
 
 
 def _train(net: nn.Module, optimizer: torch.optim.Optimizer, steps: int, seed: int = 0) -> None:
@@ -54,7 +36,7 @@ def test_fisher_of_a_logistic_model_at_zero_weights(temperature: float):
     # d/d b_k = (1[k=y] - 0.5) / T, so every squared gradient is 0.25 x^2 / T^2 (0.25 / T^2).
     # x1 = (1, 2), x2 = (3, -1): mean x^2 = ((1 + 9) / 2, (4 + 1) / 2) = (5, 2.5)
     # -> F_W rows = (1.25, 0.625) / T^2, F_b = 0.25 / T^2 for both classes.
-    model = _linear([[0.0, 0.0], [0.0, 0.0]], [0.0, 0.0])
+    model = linear_with([[0.0, 0.0], [0.0, 0.0]], [0.0, 0.0])
     task = StandInTask(torch.tensor([[1.0, 2.0], [3.0, -1.0]]), torch.tensor([0, 1]))
     ewc = EWC(samples=None, softmax_temperature=temperature)
     ewc.attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
@@ -73,7 +55,7 @@ def test_temperature_keeps_the_fisher_of_a_saturated_softmax_alive():
     task = StandInTask(torch.tensor([[1.0]]), torch.tensor([0]))
     fishers = {}
     for temperature in (1.0, 10.0):
-        model = _linear([[10.0], [-10.0]], [0.0, 0.0])
+        model = linear_with([[10.0], [-10.0]], [0.0, 0.0])
         ewc = EWC(samples=None, softmax_temperature=temperature)
         ewc.attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
         ewc.on_task_end(task, model)
@@ -118,7 +100,7 @@ def test_fisher_matches_a_per_sample_loop_with_active_classes(powerprop_alpha):
 
 
 def test_labels_outside_the_active_classes_are_an_error():
-    model = _linear([[0.0], [0.0], [0.0]], [0.0, 0.0, 0.0])
+    model = linear_with([[0.0], [0.0], [0.0]], [0.0, 0.0, 0.0])
     ewc = EWC()
     ewc.attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
     task = StandInTask(torch.ones(2, 1), torch.tensor([0, 2]), active_classes=[0, 1])
@@ -132,7 +114,7 @@ def test_samples_are_a_seeded_subset_of_the_task():
     # seed + (task ends so far), first 2.
     xs = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
     task = StandInTask(xs, torch.tensor([0, 1, 0, 1]))
-    model = _linear([[0.0], [0.0]], [0.0, 0.0])
+    model = linear_with([[0.0], [0.0]], [0.0, 0.0])
     ewc = EWC(samples=2, seed=5, accumulate="replace")
     ewc.attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
     for task_end in range(2):

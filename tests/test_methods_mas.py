@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 import torch
-from torch import Tensor, nn
+from stand_ins import StandInTask, linear_with
+from torch import nn
 
 from plasticity_rl.methods import MAS, make_method
 from plasticity_rl.registry import ConfigError
-
-
-@dataclass
-class StandInTask:
-    """The attributes of ``supervised.streams.Task`` that the methods use."""
-
-    train_x: Tensor
-    train_y: Tensor
-    classes: list[int] = field(default_factory=list)
-    active_classes: list[int] = field(default_factory=list)
-
-
-def _linear(weight: list[list[float]], bias: list[float]) -> nn.Linear:
-    layer = nn.Linear(len(weight[0]), len(weight))
-    with torch.no_grad():
-        layer.weight.copy_(torch.tensor(weight))
-        layer.bias.copy_(torch.tensor(bias))
-    return layer
-
 
 # f(x) = W x + b with W = [[1, 0], [0, 2]], b = 0; ||f||^2 = sum_k f_k^2, so
 # d||f||^2 / d W_kj = 2 f_k x_j and d||f||^2 / d b_k = 2 f_k.
@@ -48,7 +28,7 @@ def _attached_mas(model: nn.Module, **kwargs) -> tuple[MAS, torch.optim.Optimize
 
 
 def test_importance_by_hand():
-    model = _linear([[1.0, 0.0], [0.0, 2.0]], [0.0, 0.0])
+    model = linear_with([[1.0, 0.0], [0.0, 2.0]], [0.0, 0.0])
     mas, _ = _attached_mas(model)
     mas.on_task_end(TASK, model)
     assert torch.allclose(mas.importance[0], OMEGA_W)
@@ -58,7 +38,7 @@ def test_importance_by_hand():
 def test_only_the_active_outputs_count():
     # A third output unit (row 1 here) outside active_classes [0, 2] gets importance 0; rows 0
     # and 2 are the rows of the model above, so their importances are unchanged.
-    model = _linear([[1.0, 0.0], [5.0, 5.0], [0.0, 2.0]], [0.0, 1.0, 0.0])
+    model = linear_with([[1.0, 0.0], [5.0, 5.0], [0.0, 2.0]], [0.0, 1.0, 0.0])
     mas, _ = _attached_mas(model)
     task = StandInTask(TASK.train_x, torch.tensor([0, 2]), active_classes=[0, 2])
     mas.on_task_end(task, model)
@@ -70,7 +50,7 @@ def test_only_the_active_outputs_count():
 def test_penalty_and_its_gradient_use_the_paper_form():
     # lambda = 2: penalty = lambda * sum Omega (theta - theta*)^2. Moving every weight by 0.1:
     # 2 * 0.01 * (5 + 3 + 6 + 4) = 0.36; gradient 2 lambda Omega delta = 0.4 * Omega_W (bias 0).
-    model = _linear([[1.0, 0.0], [0.0, 2.0]], [0.0, 0.0])
+    model = linear_with([[1.0, 0.0], [0.0, 2.0]], [0.0, 0.0])
     mas, optimizer = _attached_mas(model, coefficient=2.0)
     mas.on_task_end(TASK, model)
     with torch.no_grad():
@@ -87,7 +67,7 @@ def test_penalty_and_its_gradient_use_the_paper_form():
 def test_accumulate_sum_adds_and_replace_keeps_the_latest():
     # Second task end on the same data and weights: sum -> 2 Omega, replace -> Omega.
     for accumulate, factor in (("sum", 2.0), ("replace", 1.0)):
-        model = _linear([[1.0, 0.0], [0.0, 2.0]], [0.0, 0.0])
+        model = linear_with([[1.0, 0.0], [0.0, 2.0]], [0.0, 0.0])
         mas, _ = _attached_mas(model, accumulate=accumulate)
         mas.on_task_end(TASK, model)
         mas.on_task_end(TASK, model)
