@@ -22,6 +22,7 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import torch
 from stable_baselines3 import PPO
@@ -35,18 +36,35 @@ ENV_PRESET = "hopper-friction"
 RESULTS = Path(__file__).parent / "results"
 
 
-def config(agent: str, total_steps: int) -> RLRunConfig:
+PLAIN = "plain SB3 PPO"
+
+
+def config(agent: str, total_steps: int, ppo: dict[str, Any] | None = None) -> RLRunConfig:
+    """The preset's run config; ``ppo`` overrides PPO settings (e.g. tiny rollouts in tests)."""
     return resolve(
         RLRunConfig,
         {"env": load_preset("envs", ENV_PRESET)},
         load_preset("agents", agent),
-        {"total_steps": total_steps, "seed": 0},
+        {"total_steps": total_steps, "seed": 0, "ppo": ppo or {}},
     )
 
 
-def time_plain_sb3(total_steps: int) -> float:
+def variants() -> list[str]:
+    """``plain SB3 PPO``, then ``"<preset> bare"`` and ``"<preset> full"`` for every preset."""
+    return [PLAIN, *(f"{p} {kind}" for p in rl_agent_presets() for kind in ("bare", "full"))]
+
+
+def measure(variant: str, total_steps: int, ppo: dict[str, Any] | None = None) -> float:
+    """Env steps/s of one of :func:`variants`."""
+    if variant == PLAIN:
+        return time_plain_sb3(total_steps, ppo)
+    preset, kind = variant.split()
+    return time_preset(preset, total_steps, bare=kind == "bare", ppo=ppo)
+
+
+def time_plain_sb3(total_steps: int, ppo: dict[str, Any] | None = None) -> float:
     """SB3's own MlpPolicy with the same sizes and PPO settings, no callback."""
-    cfg = config("ppo", total_steps)
+    cfg = config("ppo", total_steps, ppo)
     env = make_env(cfg)
     model = PPO(
         "MlpPolicy",
@@ -62,13 +80,14 @@ def time_plain_sb3(total_steps: int) -> float:
     return model.num_timesteps / elapsed
 
 
-def time_preset(agent: str, total_steps: int, bare: bool = False) -> float:
+def time_preset(agent: str, total_steps: int, bare: bool = False,
+                ppo: dict[str, Any] | None = None) -> float:  # fmt: skip
     """A full run of the preset through ``train`` (callback, metrics, checkpoints included).
 
     ``bare``: the same network, optimiser and PPO settings learning without interventions,
     callback, metrics or checkpoints; the difference to the full run is their cost.
     """
-    cfg = config(agent, total_steps)
+    cfg = config(agent, total_steps, ppo)
     if bare:
         cfg.method = {}
     env = make_env(cfg)
@@ -91,20 +110,15 @@ def main() -> None:
     total_steps, repeats = (10_240, 1) if args.quick else (20_480, 3)
     torch.set_num_threads(1)
     presets = rl_agent_presets()
-    variants = ["plain SB3 PPO", *(f"{p} {kind}" for p in presets for kind in ("bare", "full"))]
-    speeds: dict[str, list[float]] = {v: [] for v in variants}
+    speeds: dict[str, list[float]] = {v: [] for v in variants()}
     wall = time.perf_counter()
     for repeat in range(repeats):
-        for variant in variants:
-            if variant == "plain SB3 PPO":
-                speed = time_plain_sb3(total_steps)
-            else:
-                preset, kind = variant.split()
-                speed = time_preset(preset, total_steps, bare=kind == "bare")
+        for variant in speeds:
+            speed = measure(variant, total_steps)
             speeds[variant].append(speed)
             print(f"repeat {repeat + 1}/{repeats} {variant:>22}: {speed:7.1f} env steps/s")
     wall = time.perf_counter() - wall
-    median = {v: statistics.median(speeds[v]) for v in variants}
+    median = {v: statistics.median(runs) for v, runs in speeds.items()}
     lines = [
         f"# PPO speed, {date.today().isoformat()}",
         "",

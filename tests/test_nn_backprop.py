@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from plasticity_rl.nn import build_mlp, build_runs
 from plasticity_rl.nn.backprop import HandBackprop
@@ -59,3 +60,86 @@ def test_forward_hooks_see_a_training_forward_and_unsupported_models_are_named()
         with pytest.raises(ValueError, match="does not support"):
             HandBackprop(model)
     assert HandBackprop.supports(nn.Sequential(nn.Flatten(), build_mlp(4, [5], 2)))
+
+
+def _train_step(net: nn.Module, optimizer: torch.optim.Optimizer, hand: bool, batch: int,
+                runs: int | None) -> None:  # fmt: skip
+    batched = runs is not None
+    lead = (runs, batch) if batched else (batch,)
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.randn(*lead, 4, generator=gen), torch.randn(*lead, 3, generator=gen)
+    if hand:
+        backprop = HandBackprop(net, optimizer)
+        output, cache = backprop.forward(x)
+        backprop.backward(cache, loss_and_gradient("mse", output, y, batched)[1])
+    else:
+        optimizer.zero_grad()
+        losses = run_losses(LOSSES["mse"], net(x), y, batched)
+        (losses.sum() if batched else losses).backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("runs", [None, 3])
+@pytest.mark.parametrize("batch", [1, 5])  # outer product (addcmul_) or matmul (addmm_/baddbmm_)
+@pytest.mark.parametrize(
+    "make, fused",
+    [
+        (lambda ps: torch.optim.SGD(ps, lr=0.1), True),
+        (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), False),
+        (lambda ps: torch.optim.SGD(ps, lr=0.1, weight_decay=0.01), False),
+        (lambda ps: torch.optim.Adam(ps, lr=0.1), False),
+    ],
+)
+def test_plain_sgd_steps_are_fused_into_backward_with_autograd_s_result(runs, batch, make, fused):
+    reference, net = _net("relu", runs), _net("relu", runs)
+    reference_optimizer, optimizer = make(reference.parameters()), make(net.parameters())
+    for _ in range(2):  # a second step: nothing of the first is applied again
+        _train_step(reference, reference_optimizer, False, batch, runs)
+        _train_step(net, optimizer, True, batch, runs)
+        for p, q in zip(net.parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(p, q)
+            assert (p.grad is None) == fused  # a fused step leaves no gradient behind
+
+
+def test_a_step_pre_hook_turns_fusing_off_and_sees_the_gradients():
+    net, reference = _net("relu", 3), _net("relu", 3)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.1)
+    seen = []
+    handle = optimizer.register_step_pre_hook(
+        lambda opt, *_: seen.append([p.grad is not None for p in net.parameters()])
+    )
+    _train_step(net, optimizer, True, 1, 3)
+    _train_step(reference, reference_optimizer, False, 1, 3)
+    assert seen == [[True] * 6]  # 3 layers: weight and bias each
+    handle.remove()
+    _train_step(net, optimizer, True, 1, 3)  # fused again: grads consumed, none left over
+    _train_step(reference, reference_optimizer, False, 1, 3)
+    for p, q in zip(net.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+        assert p.grad is None
+
+
+def test_a_fully_fused_step_runs_each_post_hook_once_and_a_wrapped_step_runs_itself():
+    net = _net("relu", 3)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    calls = []
+    optimizer.register_step_post_hook(lambda opt, args, kwargs: calls.append(("local", args)))
+    handle = register_optimizer_step_post_hook(lambda opt, *_: calls.append(("global", opt)))
+    try:
+        backprop = HandBackprop(net, optimizer)
+        x = torch.randn(3, 1, 4)
+        for _ in range(2):
+            output, cache = backprop.forward(x)
+            backprop.backward(cache, torch.ones_like(output))
+            backprop.optimizer_step()
+        # as torch's step() calls them: hook(optimizer, (optimizer,), {}), local before global
+        assert calls == [("local", (optimizer,)), ("global", optimizer)] * 2
+        torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)  # wraps optimizer.step
+        optimizer._opt_called = False
+        output, cache = backprop.forward(x)
+        backprop.backward(cache, torch.ones_like(output))
+        backprop.optimizer_step()
+        assert optimizer._opt_called and len(calls) == 6  # the scheduler's counter saw it
+    finally:
+        handle.remove()

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.nn.utils import parametrize
 
 from plasticity_rl.methods.base import (
     METHODS,
@@ -61,6 +62,23 @@ class UnitStatistics:
     """a: optimiser steps since the unit was created (int64)."""
     pending_replacements: Tensor
     """The accumulator (float64, one per run): replacements owed to the layer, not yet made."""
+
+
+@dataclass
+class _LayerViews:
+    """(S, ...) views of one layer's :class:`UnitStatistics` and outgoing weight."""
+
+    utility: Tensor
+    mean_activation: Tensor
+    age: Tensor
+    pending: Tensor
+    w_out: Tensor | None
+    """The outgoing weight ``(S, next units, units)``; None if parametrized (recomputed)."""
+
+
+def batch_mean(values: Tensor) -> Tensor:
+    """The mean over dim 1 (examples) of ``(S, B, units)``; for B = 1 a view of the example."""
+    return values.select(1, 0) if values.shape[1] == 1 else values.mean(1)
 
 
 PerRun = float | Sequence[float]
@@ -117,6 +135,7 @@ class ContinualBackprop(HiddenLayerMethod):
         self.outgoing = outgoing
         self.optimizer_state = optimizer_state
         self.statistics: dict[str, UnitStatistics] = {}
+        self._views: dict[str, _LayerViews] = {}
         self._rate: float | Tensor = 0.0
         self._maturity: int | Tensor = 0
 
@@ -125,12 +144,24 @@ class ContinualBackprop(HiddenLayerMethod):
             runs = run_shape(layer.incoming)
             device = layer_parameter(layer.incoming).device
             zeros = torch.zeros(*runs, layer.width, device=device)
-            self.statistics[layer.name] = UnitStatistics(
+            stats = UnitStatistics(
                 utility=zeros.clone(),
                 mean_activation=zeros.clone(),
                 age=zeros.long(),
                 pending_replacements=torch.zeros(runs, dtype=torch.float64, device=device),
             )
+            self.statistics[layer.name] = stats
+            # (S, ...) views, made once (S = 1 for a plain layer): the statistics and a plain
+            # outgoing weight are only ever changed in place.
+            outgoing = layer.outgoing
+            self._views[layer.name] = _LayerViews(
+                utility=with_run_dim(stats.utility, layer.incoming),
+                mean_activation=with_run_dim(stats.mean_activation, layer.incoming),
+                age=with_run_dim(stats.age, layer.incoming),
+                pending=with_run_dim(stats.pending_replacements, layer.incoming),
+                w_out=None if parametrize.is_parametrized(outgoing, "weight")
+                else with_run_dim(outgoing.weight.detach(), outgoing),
+            )  # fmt: skip
         num_runs = max(math.prod(run_shape(layer.incoming)) for layer in self.layers)
         self._rate = per_run_tensor(self.replacement_rate, num_runs, torch.float64,
                                     "continual_backprop.replacement_rate")  # fmt: skip
@@ -143,24 +174,26 @@ class ContinualBackprop(HiddenLayerMethod):
             if layer.name in activations:
                 self._update_layer(layer, activations[layer.name])
 
-    @torch.no_grad()
     def _update_layer(self, layer: HiddenLayer, h: Tensor) -> None:
-        stats, eta, incoming = self.statistics[layer.name], self.decay_rate, layer.incoming
-        # (S, units) views of the statistics; S = 1 for a plain layer.
-        utility = with_run_dim(stats.utility, incoming)
-        mean_activation = with_run_dim(stats.mean_activation, incoming)
-        age = with_run_dim(stats.age, incoming)
-        pending = with_run_dim(stats.pending_replacements, incoming)
+        stats, views, eta = self.statistics[layer.name], self._views[layer.name], self.decay_rate
+        utility, mean_activation, age, pending = (
+            views.utility, views.mean_activation, views.age, views.pending)  # fmt: skip
         h = h.reshape(utility.shape[0], -1, layer.width)
-        w_out = with_run_dim(layer.outgoing.weight.detach(), layer.outgoing)
+        w_out = views.w_out
+        if w_out is None:  # a parametrized weight is recomputed from its parameter
+            w_out = with_run_dim(layer.outgoing.weight.detach(), layer.outgoing)
         w_out_magnitude = w_out.abs().sum(1) if self.outgoing == "sum" else w_out.abs().mean(1)
         age += 1
-        utility.lerp_(h.abs().mean(1) * w_out_magnitude, 1 - eta)  # eta u + (1 - eta) x
-        mean_activation.lerp_(h.mean(1), 1 - eta)
+        h_mean = batch_mean(h)  # mean_i h_ij, (S, units)
+        contribution = batch_mean(h.abs()).mul_(w_out_magnitude)
+        # eta u + (1 - eta) x for u and f together
+        torch._foreach_lerp_([utility, mean_activation], [contribution, h_mean], 1 - eta)
 
         eligible = age > self._maturity
         n_eligible = eligible.sum(1, dtype=torch.float64)
         pending += n_eligible * self._rate  # rho * n rounded, then added (float64)
+        if pending.max().item() < 1:  # no run owes a whole replacement: nothing to replace
+            return
         n_replace = torch.minimum(pending.floor(), n_eligible)  # whole numbers
         if not n_replace.any():
             return
@@ -177,7 +210,8 @@ class ContinualBackprop(HiddenLayerMethod):
         if layer.outgoing.bias is not None:
             mean_activation_hat = torch.where(units, mean_activation / bias_correction, 0.0)
             shift = torch.bmm(w_out, mean_activation_hat.unsqueeze(2)).squeeze(2)
-            with_run_dim(layer.outgoing.bias, layer.outgoing).add_(shift)
+            with torch.no_grad():
+                with_run_dim(layer.outgoing.bias, layer.outgoing).add_(shift)
         reset_units(layer, units.view(stats.utility.shape), self.optimizer, self.optimizer_state)
         utility.masked_fill_(units, 0.0)
         mean_activation.masked_fill_(units, 0.0)

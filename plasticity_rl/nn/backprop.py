@@ -5,8 +5,10 @@ autograd graph costs more than the few small matmuls of a small MLP (about 3x on
 slowly-changing regression). :class:`HandBackprop` runs the forward pass on detached tensors
 and computes the parameter gradients itself, with PyTorch's own derivative kernels (the
 ``aten.*_backward`` ops autograd calls, so the numbers are autograd's up to the order of float
-sums), and sets ``p.grad`` to them (as ``zero_grad(set_to_none=True)`` then ``backward()``
-would); the optimiser step and all step hooks run as usual.
+sums), and sets ``p.grad`` to them (as ``zero_grad()`` then ``backward()`` would, reusing a
+weight's gradient tensor); the optimiser step and all step hooks run as usual. Given the
+optimiser, a plain SGD step is instead applied while the gradient is computed, without
+materialising it (:class:`~plasticity_rl.optim.fused.FusedSGD`).
 
 Every activation module is called as in a normal forward with grad mode on (its input needs no
 grad, so no graph is built), so forward hooks -- continual backprop's and ReDo's activation
@@ -21,6 +23,7 @@ gradient hooks such as neuronal decay's) needs autograd.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +32,7 @@ from torch.nn.utils import parametrize
 
 from plasticity_rl.nn.layers import BatchedLinear, SDMLinear
 from plasticity_rl.nn.mlp import MLP
+from plasticity_rl.optim.fused import FusedSGD
 
 ActivationBackward = Callable[[Tensor, Tensor, Tensor, nn.Module], Tensor]
 """``(grad_h, z, h, module) -> grad_z`` for h = module(z)."""
@@ -45,33 +49,68 @@ ACTIVATION_BACKWARD: dict[type[nn.Module], ActivationBackward] = {
 """The derivative of each supported activation (exact type), with autograd's kernels."""
 
 
-def linear_forward(layer: nn.Linear, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``layer``'s forward with the given weight and bias (plain or batched layer)."""
+LinearApply = Callable[[Tensor, Tensor, Tensor | None], Tensor]
+"""``(x, weight operand, bias operand) -> output`` of a plain or batched linear layer."""
+
+
+def forward_operands(layer: nn.Linear) -> tuple[LinearApply, Tensor, Tensor | None]:
+    """``(apply, weight, bias)`` with ``apply(x, weight, bias)`` the layer's forward.
+
+    The operands are detached views of the parameters, made once: the optimiser and the
+    interventions change parameters in place, which the views see (a replaced Parameter would
+    not be seen: build a new :class:`HandBackprop` then).
+    """
+    weight, bias = layer.weight.detach(), None if layer.bias is None else layer.bias.detach()
     if isinstance(layer, BatchedLinear):
-        return BatchedLinear.apply_weights(x, weight, bias)
-    return F.linear(x, weight, bias)
+        return (BatchedLinear.apply_operands, *BatchedLinear.operands(weight, bias))
+    return F.linear, weight, bias
+
+
+def weight_gradient(grad: Tensor, x: Tensor, out: Tensor | None = None) -> Tensor:
+    """d loss / d W = sum_b grad_b^T x_b: ``(..., B, out), (..., B, in) -> (..., out, in)``.
+
+    For one example (B = 1) the sum has a single term, the outer product, computed as a
+    broadcast product: the same numbers as the matmul without its cost on tiny matrices.
+    ``out``: a tensor of the result's shape to write into (no new allocation).
+    """
+    grad_t = grad.transpose(-1, -2)
+    if grad.shape[-2] == 1:
+        return torch.mul(grad_t, x, out=out)
+    return torch.matmul(grad_t, x, out=out)
+
+
+def bias_gradient(grad: Tensor) -> Tensor:
+    """d loss / d b = sum_b grad_b: ``(..., B, out) -> (..., out)``; for B = 1 a view of it."""
+    return grad.select(-2, 0) if grad.shape[-2] == 1 else grad.sum(-2)
 
 
 class HandBackprop:
     """Forward and backward of a plain MLP without autograd (see the module docstring).
 
+    With the optimiser given, parameters that it updates by plain SGD are stepped during
+    :meth:`backward` instead of getting ``p.grad`` (:class:`~plasticity_rl.optim.fused.FusedSGD`:
+    one pass over a weight instead of three), and :meth:`optimizer_step` stands in for
+    ``optimizer.step()``: it steps the other parameters and runs the step hooks.
+
     Example::
 
-        backprop = HandBackprop(model)
+        backprop = HandBackprop(model, optimizer)
         output, cache = backprop.forward(x)
-        backprop.backward(cache, grad_output)  # sets p.grad, then optimizer.step()
+        backprop.backward(cache, grad_output)  # sets p.grad (or steps p)
+        backprop.optimizer_step()  # or optimizer.step()
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None):
         if not self.supports(model):
             raise ValueError(f"HandBackprop does not support {type(model).__name__}")
         self.flatten, self.layers = _layers(model)  # type: ignore[misc]
-        # Detached views of the parameters, made once: the optimiser and the interventions
-        # change parameters in place, which these views see (a replaced Parameter would not
-        # be seen: build a new HandBackprop then).
-        self._weights = [layer.weight.detach() for layer, _ in self.layers]
-        self._biases = [None if layer.bias is None else layer.bias.detach()
-                        for layer, _ in self.layers]  # fmt: skip
+        self._steps = [_LayerStep.of(layer, act) for layer, act in self.layers]
+        self._params = [p for step in self._steps for p in (step.weight, step.bias)]
+        self.optimizer = optimizer
+        self.fused = None if optimizer is None else FusedSGD(optimizer)
+        ours = {id(p) for p in self._params if p is not None}
+        self._covers_optimizer = self.fused is not None and self.fused.parameter_ids == ours
+        self._stepped_all = False
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
@@ -90,10 +129,9 @@ class HandBackprop:
         if self.flatten is not None:
             x = self.flatten(x)
         cache = []
-        for (layer, act), weight, bias in zip(self.layers, self._weights, self._biases,
-                                              strict=True):  # fmt: skip
-            z = linear_forward(layer, x, weight, bias)
-            h = z if act is None else act(z)  # forward hooks see a training forward
+        for step in self._steps:
+            z = step.apply(x, *step.operands)
+            h = z if step.activation is None else step.activation(z)  # hooks see a training forward
             cache.append((x, z, h))
             x = h
         return x, cache
@@ -102,32 +140,86 @@ class HandBackprop:
         """Set ``p.grad`` to d loss / d p for every parameter, given d loss / d output.
 
         Call it with the cache of :meth:`forward` (its tensors need no grad, so no graph is
-        recorded here either).
+        recorded here either). A weight's gradient is written into its existing ``p.grad``
+        (as ``zero_grad(set_to_none=False)`` then ``backward()`` would), so that no large
+        tensor is allocated per step; for one example per run, a bias gradient is a view of
+        the gradient flowing into the layer. Parameters with a fused SGD step (see the class
+        docstring) are stepped here instead, each after its last use in this backward.
         """
+        lrs = [None] * len(self._params) if self.fused is None else self.fused.step_sizes(
+            self._params)  # fmt: skip
+        self._stepped_all = self._covers_optimizer and all(
+            lr is not None for p, lr in zip(self._params, lrs, strict=True) if p is not None
+        )
         grad = grad_output
-        for index in range(len(self.layers) - 1, -1, -1):
-            layer, act = self.layers[index]
+        for index in range(len(self._steps) - 1, -1, -1):
+            step = self._steps[index]
             x, z, h = cache[index]
-            if act is not None:
-                grad = ACTIVATION_BACKWARD[type(act)](grad, z, h, act)
-            if isinstance(layer, BatchedLinear):  # (S, B, out) x (S, B, in)
-                _set_grad(layer.weight, torch.bmm(grad.transpose(1, 2), x))
-                if layer.bias is not None:
-                    _set_grad(layer.bias, grad.sum(1))
-                if index > 0:
-                    grad = torch.bmm(grad, self._weights[index])
-            else:
-                flat_grad, flat_x = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
-                _set_grad(layer.weight, flat_grad.t().mm(flat_x))
-                if layer.bias is not None:
-                    _set_grad(layer.bias, flat_grad.sum(0))
-                if index > 0:
-                    grad = grad.matmul(self._weights[index])
+            if step.activation_backward is not None:
+                grad = step.activation_backward(grad, z, h, step.activation)
+            # (S, B, features) for a batched layer; (examples, features) for a plain one
+            rows, x_rows = (grad, x) if step.batched else (
+                grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1]))  # fmt: skip
+            if index > 0:  # before this layer's weight takes its step
+                grad = step.propagate(grad, step.weight_values)
+            weight, weight_lr = step.weight, lrs[2 * index]
+            if weight_lr is not None:
+                FusedSGD.step_on_product(weight, rows.transpose(-1, -2), x_rows, weight_lr)
+            elif weight.requires_grad:
+                old = weight.grad
+                weight.grad = weight_gradient(rows, x_rows, old if old is not None
+                                              and old.shape == weight.shape else None)  # fmt: skip
+            bias, bias_lr = step.bias, lrs[2 * index + 1]
+            if bias_lr is not None:
+                FusedSGD.step(bias, bias_gradient(rows), bias_lr)
+            elif bias is not None and bias.requires_grad:
+                bias.grad = bias_gradient(rows)
+
+    def optimizer_step(self) -> None:
+        """``optimizer.step()`` after :meth:`backward`.
+
+        When that backward has stepped every parameter of the optimiser (all fused), only
+        what ``step()`` has left to do is done: its post-hooks
+        (:meth:`~plasticity_rl.optim.fused.FusedSGD.finish_step`).
+        """
+        if self.optimizer is None:
+            raise ValueError("HandBackprop.optimizer_step needs the optimizer (HandBackprop(model, "
+                             "optimizer))")  # fmt: skip
+        if self._stepped_all and self.fused.can_finish_step():  # type: ignore[union-attr]
+            self.fused.finish_step()  # type: ignore[union-attr]
+        else:
+            self.optimizer.step()
+        self._stepped_all = False
 
 
-def _set_grad(param: Tensor, grad: Tensor) -> None:
-    if param.requires_grad:
-        param.grad = grad
+@dataclass
+class _LayerStep:
+    """What forward and backward need of one linear layer and its activation, found once."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    weight_values: Tensor
+    """The weight, detached (a view: it sees in-place updates)."""
+    apply: LinearApply
+    operands: tuple[Tensor, Tensor | None]
+    activation: nn.Module | None
+    activation_backward: ActivationBackward | None
+    batched: bool
+    propagate: Callable[[Tensor, Tensor], Tensor]
+    """grad_out, W -> grad_in = grad_out W (``torch.bmm`` for a batched layer)."""
+
+    @classmethod
+    def of(cls, layer: nn.Linear, activation: nn.Module | None) -> _LayerStep:
+        apply, *operands = forward_operands(layer)
+        batched = isinstance(layer, BatchedLinear)
+        return cls(
+            weight=layer.weight, bias=layer.bias, weight_values=layer.weight.detach(),
+            apply=apply, operands=tuple(operands),  # type: ignore[arg-type]
+            activation=activation,
+            activation_backward=None if activation is None
+            else ACTIVATION_BACKWARD[type(activation)],
+            batched=batched, propagate=torch.bmm if batched else torch.matmul,
+        )  # fmt: skip
 
 
 Layers = list[tuple[nn.Linear, nn.Module | None]]

@@ -114,11 +114,11 @@ def sample_weight(layer: nn.Linear, runs: Tensor | None = None) -> Tensor:
                          device=layer_parameter(layer).device)  # fmt: skip
     init = INIT_SCHEMES[getattr(layer, "init_scheme", "default")]
     wanted = [True] * len(run_generators(layer)) if runs is None else runs.tolist()
+    scale = getattr(layer, "init_scale", 1.0)
     for w, generator, draw in zip(with_run_dim(weight, layer), run_generators(layer), wanted,
                                   strict=True):  # fmt: skip
         if draw:
-            init(w, generator=generator)
-    weight.mul_(getattr(layer, "init_scale", 1.0))
+            init(w, generator=generator).mul_(scale)
     if isinstance(layer, SDMLinear):
         weight = SDMLinear.project(weight.abs())
     return weight
@@ -156,19 +156,22 @@ def set_weight(layer: nn.Linear, index: Tensor, values: Tensor, dim: int) -> Non
     v = sign(w)|w|^(1/alpha). For row-wise parametrizations (weight norm) only row writes are exact.
     """
     with torch.no_grad():
-        w = layer.weight.detach().clone()
+        current = layer.weight.detach()
         if index.dtype != torch.bool:
             if isinstance(layer, BatchedLinear):
                 raise ValueError("set_weight: a BatchedLinear takes a bool (runs, units) mask")
-            values = w.index_copy(dim, index, values)
-            index = torch.zeros(w.shape[dim], dtype=torch.bool).index_fill_(0, index, True)
-        select = unit_selector(index, w.dim(), dim)
-        w = torch.where(select, values, w)
+            values = current.index_copy(dim, index, values)
+            index = torch.zeros(current.shape[dim], dtype=torch.bool).index_fill_(0, index, True)
+        select = unit_selector(index, current.dim(), dim)
+        # Only the runs with a selected unit are read and written (all of a plain layer).
+        runs = index.any(-1).nonzero().squeeze(1) if index.dim() > 1 else slice(None)
+        select = select[runs]
+        w = torch.where(select, values[runs], current[runs])
         if parametrize.is_parametrized(layer, "weight"):
             for p in reversed(layer.parametrizations.weight):
                 w = p.right_inverse(w)
         param = layer_parameter(layer)
-        param.copy_(torch.where(select, w, param))
+        param[runs] = torch.where(select, w, param[runs])
 
 
 def unit_selector(mask: Tensor, ndim: int, dim: int) -> Tensor:
@@ -266,9 +269,23 @@ class BatchedLinear(nn.Linear):
     @staticmethod
     def apply_weights(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """x_s W_s^T + b_s for every run s: ``(S, B, in) -> (S, B, out)``."""
-        if bias is None:
-            return torch.bmm(x, weight.transpose(1, 2))
-        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+        return BatchedLinear.apply_operands(x, *BatchedLinear.operands(weight, bias))
+
+    @staticmethod
+    def operands(weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The views :meth:`apply_operands` takes: W^T ``(S, in, out)`` and b ``(S, 1, out)``.
+
+        They are views of ``weight`` and ``bias``, so they can be made once and reused while
+        the parameters change in place.
+        """
+        return weight.transpose(1, 2), None if bias is None else bias.unsqueeze(1)
+
+    @staticmethod
+    def apply_operands(x: Tensor, weight_t: Tensor, bias_rows: Tensor | None) -> Tensor:
+        """:meth:`apply_weights` on the views of :meth:`operands` (one batched matmul)."""
+        if bias_rows is None:
+            return torch.bmm(x, weight_t)
+        return torch.baddbmm(bias_rows, x, weight_t)
 
     def extra_repr(self) -> str:
         return (f"runs={self.runs}, in_features={self.in_features}, "

@@ -29,7 +29,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -159,11 +159,12 @@ class Learner:
     """Each batched run's random generator; None for a single run (torch's global RNG)."""
     backprop: HandBackprop | None = None
     """The hand-written backward of a plain MLP (``train.hand_backprop``), or None: autograd."""
+    _run_view: nn.Module | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         use = self.cfgs[0].train.hand_backprop and HandBackprop.supports(self.model)
         if use and not any(m.needs_autograd for m in self.methods.values()):
-            self.backprop = HandBackprop(self.model)
+            self.backprop = HandBackprop(self.model, self.optimizer)
 
     @property
     def runs(self) -> int:
@@ -181,8 +182,15 @@ class Learner:
         return self.generators[run].get_state()
 
     def run_model(self, run: int) -> nn.Module:
-        """Run ``run`` as a single-run network (the model itself for a single run)."""
-        return run_module(self.model, run) if self.batched else self.model
+        """Run ``run`` as a single-run network (the model itself for a single run).
+
+        For batched runs this is one scratch network, loaded with run ``run``'s state at each
+        call (:func:`~plasticity_rl.nn.run_module`): use it before asking for another run.
+        """
+        if not self.batched:
+            return self.model
+        self._run_view = run_module(self.model, run, into=self._run_view)
+        return self._run_view
 
 
 def run_configs(cfg: SupervisedRunConfig, seeds: Sequence[int]) -> list[SupervisedRunConfig]:
@@ -317,21 +325,23 @@ def train_step(learner: Learner, x: Tensor, y: Tensor, loss: str,
     (:attr:`Learner.backprop`); batched runs descend on the sum of the runs' mean losses.
     ``mask`` is added to the output (class masks; it has no gradient).
     """
-    model, optimizer, batched = learner.model, learner.optimizer, learner.batched
+    batched = learner.batched
     if learner.backprop is None:
+        optimizer = learner.optimizer
         optimizer.zero_grad(set_to_none=True)
-        output = model(x)
+        output = learner.model(x)
         if mask is not None:
             output = output + mask
         losses = run_losses(LOSSES[loss], output, y, batched)
         (losses.sum() if batched else losses).backward()
+        optimizer.step()
     else:
         output, cache = learner.backprop.forward(x)
         if mask is not None:
             output = output + mask
         losses, grad_output = loss_and_gradient(loss, output, y, batched)
         learner.backprop.backward(cache, grad_output)
-    optimizer.step()
+        learner.backprop.optimizer_step()  # optimizer.step() (or what is left of it, if fused)
     return output, losses
 
 
@@ -343,12 +353,13 @@ def loss_and_gradient(loss: str, output: Tensor, target: Tensor,
     (softmax(output) - one_hot(target)) / n, with n the loss terms per run (masked logits at
     -inf get 0).
     """
-    count = target[0].numel() if batched else target.numel()
+    count = target.numel() // len(target) if batched else target.numel()  # terms per run
     if loss == "mse":
         diff = output - target
-        squared = diff.square()
-        losses = squared.mean(tuple(range(1, squared.dim()))) if batched else squared.mean()
-        return losses, diff.mul_(2.0 / count)
+        squared = diff.square().reshape(len(diff) if batched else 1, -1)  # (runs, terms)
+        # one term per run (one example, one output): the mean is that term
+        losses = squared.select(1, 0) if count == 1 else squared.mean(1)
+        return (losses if batched else losses.reshape(())), diff.mul_(2.0 / count)
     losses = run_losses(LOSSES[loss], output, target, batched)
     grad = torch.softmax(output, -1)
     grad.scatter_add_(-1, target.unsqueeze(-1), torch.full_like(grad[..., :1], -1.0))
@@ -374,16 +385,28 @@ def run_batches(
     """One epoch's training batches: run s's batches take ``tasks[s]`` in ``orders[s]``.
 
     Yields ``(x, y)`` of the single run, or of all runs stacked as ``(S, B, ...)``. Examples
-    are gathered :data:`CHUNK_EXAMPLES` at a time and then sliced, to keep per-step work small.
+    are gathered about :data:`CHUNK_EXAMPLES` at a time (over all runs) and then sliced, to
+    keep per-step work small; batched runs gather into one buffer, so a batch is only valid
+    until the next one is taken.
     """
     n = len(orders[0])
-    chunk = max(1, CHUNK_EXAMPLES // batch_size) * batch_size
+    per_run = max(1, CHUNK_EXAMPLES // (len(tasks) * batch_size)) * batch_size
+    chunk = min(n, per_run if batched else max(1, CHUNK_EXAMPLES // batch_size) * batch_size)
     dim = 1 if batched else 0
+    first_x, first_y = tasks[0].train_x, tasks[0].train_y
+    if batched:  # (S, chunk, ...), filled in place: no new chunk-sized tensor per chunk
+        x_buffer = first_x.new_empty(len(tasks), chunk, *first_x.shape[1:])
+        y_buffer = first_y.new_empty(len(tasks), chunk, *first_y.shape[1:])
     for start in range(0, n, chunk):
         indices = [order[start : start + chunk] for order in orders]
-        xs = [task.train_x[i] for task, i in zip(tasks, indices, strict=True)]
-        ys = [task.train_y[i] for task, i in zip(tasks, indices, strict=True)]
-        x, y = (torch.stack(xs), torch.stack(ys)) if batched else (xs[0], ys[0])
+        if batched:
+            size = len(indices[0])
+            x, y = x_buffer[:, :size], y_buffer[:, :size]
+            for s, (task, i) in enumerate(zip(tasks, indices, strict=True)):
+                torch.index_select(task.train_x, 0, i, out=x[s])
+                torch.index_select(task.train_y, 0, i, out=y[s])
+        else:
+            x, y = first_x[indices[0]], first_y[indices[0]]
         size = x.shape[dim]
         for i in range(0, size, batch_size):
             b = min(batch_size, size - i)
@@ -601,9 +624,8 @@ def train_regression(
         # Step-major: xs[i] is step i's input, (1, in) for a single run, (S, 1, in) batched.
         xs = torch.stack([x for x, _ in samples], 1) if batched else samples[0][0]
         ys = torch.stack([y for _, y in samples], 1) if batched else samples[0][1]
-        xs, ys = xs.unsqueeze(-2), ys.unsqueeze(-2)
-        errors = torch.stack([train_step(learner, xs[i], ys[i], "mse")[1].detach()
-                              for i in range(count)])  # fmt: skip
+        steps = zip(xs.unsqueeze(-2).unbind(0), ys.unsqueeze(-2).unbind(0), strict=True)
+        errors = torch.stack([train_step(learner, x, y, "mse")[1].detach() for x, y in steps])
         log_method_stats(writers, learner.methods, progress["step"] + count)
         for run, (writer, p, error) in enumerate(
             zip(writers, progresses, _per_run(errors.mean(0)), strict=True)
