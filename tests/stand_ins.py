@@ -25,3 +25,15 @@ def linear_with(weight: list[list[float]], bias: list[float]) -> nn.Linear:
         layer.weight.copy_(torch.tensor(weight))
         layer.bias.copy_(torch.tensor(bias))
     return layer
+
+
+def train_steps(
+    net: nn.Module, optimizer: torch.optim.Optimizer, steps: int, seed: int = 0
+) -> None:
+    """``steps`` optimiser steps of MSE regression on a fixed seeded batch (3 inputs, 2 outputs)."""
+    gen = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(16, 3, generator=gen), torch.randn(16, 2, generator=gen)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(net(x), y).backward()
+        optimizer.step()

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from torch import nn
+from stand_ins import train_steps
 
 from plasticity_rl.methods import (
     ContinualBackprop,
@@ -20,15 +20,6 @@ from plasticity_rl.methods import (
 from plasticity_rl.nn import build_mlp, hidden_layers, layer_parameter
 from plasticity_rl.optim.adam import Adam
 from plasticity_rl.registry import ConfigError
-
-
-def _train(net: nn.Module, optimizer: torch.optim.Optimizer, steps: int, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(16, 3, generator=gen), torch.randn(16, 2, generator=gen)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        nn.functional.mse_loss(net(x), y).backward()
-        optimizer.step()
 
 
 def test_unknown_method_lists_the_registered_names():
@@ -120,17 +111,17 @@ def test_only_training_forwards_with_grad_are_recorded():
     cbp = ContinualBackprop(replacement_rate=0.0)
     cbp.attach(net, optimizer)
     ages = cbp.statistics["hidden1"].age
-    _train(net, optimizer, 1)
+    train_steps(net, optimizer, 1)
     assert ages.tolist() == [1, 1, 1, 1]
     net.eval()  # an evaluation pass with grad enabled
-    _train(net, optimizer, 1)
+    train_steps(net, optimizer, 1)
     assert ages.tolist() == [1, 1, 1, 1]
     net.train()
     with torch.no_grad():  # a rollout-style forward in training mode
         net(torch.randn(5, 3))
     optimizer.step()  # a step without a new training forward uses nothing
     assert ages.tolist() == [1, 1, 1, 1]
-    _train(net, optimizer, 2)
+    train_steps(net, optimizer, 2)
     assert ages.tolist() == [3, 3, 3, 3]
 
 
@@ -139,7 +130,7 @@ def test_reset_units_touches_exactly_the_units_and_their_optimizer_state(mode: s
     torch.manual_seed(0)
     net = build_mlp(3, [4, 4], 2)
     optimizer = Adam(net.parameters(), lr=0.01)
-    _train(net, optimizer, 3)
+    train_steps(net, optimizer, 3)
     layer = hidden_layers(net)[0]  # hidden[0] -> ReLU -> hidden[2]
     params = {name: p.detach().clone() for name, p in net.named_parameters()}
     states = {
@@ -206,7 +197,7 @@ def test_all_methods_compose_and_remove_leaves_plain_sgd():
         }
     )
     handle = attach_methods(methods, net, optimizer)
-    _train(net, optimizer, 20)
+    train_steps(net, optimizer, 20)
     assert sum(methods[0].stats().values()) > 0  # CBP did replace units
     assert methods[3].last_penalty > 0
 
@@ -215,7 +206,7 @@ def test_all_methods_compose_and_remove_leaves_plain_sgd():
         assert not layer.activation._forward_hooks
     assert not optimizer._optimizer_step_post_hooks
     plain = copy.deepcopy(net)
-    _train(net, optimizer, 5, seed=1)
-    _train(plain, torch.optim.SGD(plain.parameters(), lr=0.05), 5, seed=1)
+    train_steps(net, optimizer, 5, seed=1)
+    train_steps(plain, torch.optim.SGD(plain.parameters(), lr=0.05), 5, seed=1)
     for p, q in zip(net.parameters(), plain.parameters(), strict=True):
         assert torch.equal(p, q)

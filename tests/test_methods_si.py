@@ -7,6 +7,7 @@ import io
 
 import pytest
 import torch
+from stand_ins import train_steps
 from torch import nn
 
 from plasticity_rl.methods import SI, make_method
@@ -91,15 +92,6 @@ def test_penalty_pulls_toward_the_anchor():
     assert ends[1.0] == pytest.approx(1.72 * 4.243208 / 5.243208, abs=1e-2)
 
 
-def _train(net: nn.Module, optimizer: torch.optim.Optimizer, steps: int, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    x, y = torch.randn(16, 3, generator=gen), torch.randn(16, 2, generator=gen)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        nn.functional.mse_loss(net(x), y).backward()
-        optimizer.step()
-
-
 def test_coefficient_zero_is_bit_identical_to_no_method():
     torch.manual_seed(0)
     net = build_mlp(3, [8], 2)
@@ -109,9 +101,9 @@ def test_coefficient_zero_is_bit_identical_to_no_method():
     si = SI(coefficient=0.0)
     si.attach(net, optimizer)
     for task_index in range(3):
-        _train(net, optimizer, 3, seed=task_index)
+        train_steps(net, optimizer, 3, seed=task_index)
         si.on_task_end(None, net)
-        _train(plain, plain_optimizer, 3, seed=task_index)
+        train_steps(plain, plain_optimizer, 3, seed=task_index)
     assert any(omega.abs().sum() > 0 for omega in si.importance)
     for p, q in zip(net.parameters(), plain.parameters(), strict=True):
         assert torch.equal(p, q)
@@ -123,9 +115,9 @@ def test_state_dict_round_trip_mid_task_resumes_identically():
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     si = SI(coefficient=0.5)
     si.attach(net, optimizer)
-    _train(net, optimizer, 3)
+    train_steps(net, optimizer, 3)
     si.on_task_end(None, net)
-    _train(net, optimizer, 2, seed=1)  # omega is non-zero mid task
+    train_steps(net, optimizer, 2, seed=1)  # omega is non-zero mid task
 
     buffer = io.BytesIO()
     torch.save({"net": net.state_dict(), "si": si.state_dict()}, buffer)
@@ -139,7 +131,7 @@ def test_state_dict_round_trip_mid_task_resumes_identically():
     resumed.load_state_dict(saved["si"])
 
     for method, model, opt in ((si, net, optimizer), (resumed, twin, twin_optimizer)):
-        _train(model, opt, 2, seed=2)
+        train_steps(model, opt, 2, seed=2)
         method.on_task_end(None, model)
     for p, q in zip(net.parameters(), twin.parameters(), strict=True):
         assert torch.equal(p, q)
