@@ -179,3 +179,15 @@ def test_pruning_report(tmp_path):
     # seed -> 85.5; 98% pruned (4th) 90 - 2 * 3 - seed -> 83.5; two seeds: interval [min, max]
     row = "| alpha2 | 2 | 89.5 [89, 90] | 85.5 [85, 86] | 83.5 [83, 84] | higher than baseline |"
     assert row in table
+    assert "[data:" not in table  # the runs do not say their dataset: no note
+
+
+def test_a_report_says_when_the_runs_used_another_dataset_than_the_experiment(tmp_path):
+    for dataset, name in (("fashion_mnist", "other"), ("mnist", "same")):
+        config = {"seed": 0, "agent_preset": "relu", "stream": {"dataset": dataset}}
+        write_run(tmp_path / name, "relu__s0", config, {}, {"average_accuracy": 50.0})
+        assert main([str(tmp_path / name), "--experiment", "bricken2023-split-mnist",
+                     "--out", str(tmp_path / f"{name}-report")]) == 0  # fmt: skip
+    other = (tmp_path / "other-report" / "results.md").read_text()
+    assert "[data: fashion_mnist, not the preset's mnist] (small scale)" in other
+    assert "[data:" not in (tmp_path / "same-report" / "results.md").read_text()

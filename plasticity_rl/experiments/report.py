@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from plasticity_rl.config import load_preset
 from plasticity_rl.experiments.plots import (
     RL_PANELS,
     SUPERVISED_PANELS,
@@ -70,6 +71,18 @@ def change_points(runs: Sequence[Run], kind: str) -> float | None:
     return None if every is None else float(every) * int(env.get("n_envs", 1))
 
 
+def dataset_note(runs: Sequence[Run], experiment: Experiment | None) -> str:
+    """`` [data: X, not the preset's Y]`` when the runs used another dataset than the
+    experiment's stream preset (e.g. Fashion-MNIST standing in for MNIST), else ``""``."""
+    if experiment is None or experiment.script != "supervised":
+        return ""
+    expected = load_preset("envs", experiment.env).get("dataset")
+    used = {(r.config.get("stream") or {}).get("dataset") for r in runs} - {None}
+    if not used or used == {expected}:
+        return ""
+    return f" [data: {', '.join(sorted(used))}, not the preset's {expected}]"
+
+
 def table_columns(kind: str, groups: Sequence[Group], plot: Mapping[str, Any]) -> list[dict]:
     """The experiment's ``plot.table`` columns, else the defaults some run has a number for."""
     if plot.get("table"):
@@ -103,7 +116,9 @@ def write_report(
     kind = kinds.pop()
     groups = group_runs(runs, experiment.settings if experiment else ())
     plot_spec = experiment.plot if experiment else {}
-    title = experiment.title if experiment else f"Runs in {runs_dir}"
+    title = (experiment.title if experiment else f"Runs in {runs_dir}") + dataset_note(
+        runs, experiment
+    )
     if metrics:
         figures = [{"name": "metrics", "panels": [{"tag": t} for t in metrics]}]
     else:
