@@ -9,8 +9,7 @@ Example:
 Experiments are names of files in ``experiments/`` (or paths). Each run is an ordinary run of
 ``train_rl.py`` / ``train_supervised.py`` in ``<logdir>/<scale>/<experiment>/<setting>__s<seed>``
 (its output in ``trial.log`` there). A trial is one script call: one run, or, for supervised
-settings on an online stream (Online Permuted MNIST, the slowly-changing regression) whose
-config the trainer can batch, all seeds of the setting as one batched network
+settings whose config the trainer can batch, all seeds of the setting as one batched network
 (``train_supervised.py --seeds 0,1,2 --name <experiment>/<setting>``, the same run
 directories); ``--no-batch`` runs every seed alone. A restarted sweep skips finished runs,
 resumes unfinished ones from their checkpoint and restarts the others (the unfinished runs of a

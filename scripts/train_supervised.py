@@ -9,11 +9,12 @@ overrides any field of ``plasticity_rl.supervised.config.SupervisedRunConfig``. 
 TensorBoard logs (``cl/``, ``plasticity/``), ``config.yaml``, a checkpoint at every task
 boundary (``--resume RUN_DIR`` continues from it) and ``results.json`` with the final numbers.
 
-Many seeds in one process (batched runs, for the online streams and the slowly-changing
-regression): ``--runs 30`` trains seeds ``--seed`` ... ``--seed + 29``, ``--seeds 0,1,2`` the
-listed ones, as one batched network. Each run gets its own run directory
-(``<env>__<agent>__s<seed>__<time>``, or ``<name>__s<seed>`` with ``--name``) with the same
-files a single run writes; ``--set optimizer.lr=[0.01,0.003,...]`` (SGD/SGDM) and
+Many seeds in one process (batched runs, any stream; not with a CNN, SDM layers, Top-K's GABA
+switch or the task-boundary methods EWC, MAS, SI and replay): ``--runs 30`` trains seeds
+``--seed`` ... ``--seed + 29``, ``--seeds 0,1,2`` the listed ones, as one batched network.
+Each run gets its own run directory (``<env>__<agent>__s<seed>__<time>``, or
+``<name>__s<seed>`` with ``--name``) with the same files a single run writes;
+``--set optimizer.lr=[0.01,0.003,...]`` (SGD/SGDM) and
 ``method.continual_backprop.{replacement_rate,maturity_threshold}`` take one value per run.
 Exit status: 0 on success, 2 on a configuration or data error (nothing is written then).
 """

@@ -26,9 +26,11 @@ from plasticity_rl.nn import (
 from plasticity_rl.optim.runs import make_run_optimizer
 from plasticity_rl.registry import ConfigError
 from plasticity_rl.supervised.config import SupervisedRunConfig
+from plasticity_rl.supervised.streams import Task
 from plasticity_rl.supervised.trainer import (
     CHECKPOINT,
     build_batched_learner,
+    run_class_mask,
     run_configs,
     train,
     train_runs,
@@ -128,6 +130,25 @@ def test_batched_forward_equals_each_runs_own_network():
         assert torch.equal(generators[s].get_state(), torch.get_rng_state())
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_batched_linear_gradients_match_autograd_of_the_plain_formula(bias):
+    torch.manual_seed(0)
+    layer = BatchedLinear(2, 4, 3, bias=bias).double()
+    nn.init.normal_(layer.weight)
+    if bias:
+        nn.init.normal_(layer.bias)
+    x = torch.randn(2, 5, 4, dtype=torch.double, requires_grad=True)
+    params = [x, *layer.parameters()]
+    grads = torch.autograd.grad(layer(x).square().sum(), params)
+    plain = torch.einsum("sbi,soi->sbo", x, layer.weight)
+    if bias:
+        plain = plain + layer.bias.unsqueeze(1)
+    expected = torch.autograd.grad(plain.square().sum(), params)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(lambda x: layer(x), (x,))
+
+
 def test_fresh_weights_of_a_run_come_from_its_own_generator():
     generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
     batched = build_runs(lambda: build_mlp(4, [6], 3), generators)
@@ -183,6 +204,46 @@ def test_online_permuted_mnist_batched_equals_single_runs(tmp_path, mnist_dir):
     assert_same_runs(cfg, tmp_path)
     replaced = logged_total(tmp_path / "batched1", "plasticity/net/hidden2/replacements")
     assert replaced > 100  # 0.05 * 16 units per step once mature, 600 steps
+
+
+@pytest.mark.parametrize(
+    "env, agent, layers",
+    [
+        # class-incremental: class masks grow task by task; CBP replaces units on the way
+        ("split-mnist", "cbp", {"method": {"continual_backprop": OFTEN}}),
+        ("permuted-mnist", "relu-adam", {"stream": {"kwargs": {"num_tasks": 2}}}),
+        # the stability-gap evaluations every few steps run on each run's own network
+        ("rotated-mnist", "bp", {"train": {"eval_every_steps": 4, "eval_examples_per_task": 20}}),
+    ],
+)
+def test_epoch_streams_batched_equal_single_runs(env, agent, layers, tmp_path, mnist_dir):
+    train_cfg = {"batch_size": 16, "epochs_per_task": 2, **layers.pop("train", {})}
+    cfg = config(env, agent, data_dir=str(mnist_dir), network={"hidden_sizes": [16]},
+                 train=train_cfg, **layers)  # fmt: skip
+    states = assert_same_runs(cfg, tmp_path)
+    assert all(len(state["progress"]["accuracy_matrix"]) >= 2 for state in states)
+    if env == "permuted-mnist":  # each run its own permutations: the runs differ
+        results = [json.loads((tmp_path / f"batched{s}" / "results.json").read_text())
+                   for s in SEEDS]  # fmt: skip
+        assert results[0]["accuracy_matrix"] != results[1]["accuracy_matrix"]
+
+
+def test_batched_runs_mask_each_runs_own_classes():
+    empty = torch.zeros(0)
+    tasks = [Task("a", empty, empty, empty, empty, [0, 1], active) for active in ([0, 1], [2, 3])]
+    mask = run_class_mask(tasks, 4, batched=True)
+    inf = float("-inf")
+    assert torch.equal(mask, torch.tensor([[[0.0, 0.0, inf, inf]], [[inf, inf, 0.0, 0.0]]]))
+    assert torch.equal(run_class_mask(tasks, 4, batched=False), mask[0, 0])
+    every = [Task("a", empty, empty, empty, empty, [0], [0, 1, 2, 3])] * 2
+    assert run_class_mask(every, 4, batched=True) is None
+
+
+def test_task_boundary_methods_are_refused_in_batched_runs(mnist_dir):
+    for method in ({"ewc": {"coefficient": 1.0}}, {"replay": {}}):
+        cfg = config("split-mnist", "bp", data_dir=str(mnist_dir), method=method)
+        with pytest.raises(ConfigError, match="no task-boundary method .*--runs 1"):
+            build_batched_learner(cfg, SEEDS)
 
 
 def test_per_run_sgd_step_sizes_equal_separate_runs(tmp_path):
@@ -246,7 +307,10 @@ def test_cli_runs_writes_one_complete_directory_per_run(tmp_path):
         (["--seeds", "0,x"], r"--seeds: got '0,x'"),
         (["--seeds", "1,1"], r"--seeds: got \[1, 1\]; allowed: distinct seeds"),
         (["--runs", "2", "--seeds", "0,1"], r"--runs: got 2; allowed: not with --seeds"),
-        (["--runs", "2", "--env", "split-mnist"], r"--runs: got 2; allowed: 1 for a stream"),
+        (
+            ["--runs", "2", "--env", "split-mnist", "--set", "method.ewc.coefficient=1.0"],
+            r"method.ewc: got \{'coefficient': 1.0\}; allowed: no task-boundary method",
+        ),
     ],
 )
 def test_bad_run_counts_exit_2_and_write_nothing(extra, message, tmp_path, capsys, mnist_dir):

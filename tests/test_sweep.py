@@ -57,7 +57,7 @@ def test_sweep_runs_skips_and_reports_failures(executor, experiment, tmp_path, m
             "--logdir", str(logdir), "--data-dir", str(mnist_dir)]  # fmt: skip
     code, out, _ = sweep(capsys, *args)
     assert code == 1, out
-    # split-mnist is not an online stream: one trial per run
+    # one seed per setting: one trial per run
     assert "3 runs in" in out and "3 to run in 3 trials (0 batched)" in out
     assert "sweep summary (trials): 2 done (2 runs), 0 skipped (0 runs), 1 failed (1 run)" in out
     runs = logdir / "small" / "tiny"
@@ -104,7 +104,7 @@ def test_plan_skips_resumes_restarts_and_refuses_other_configs(experiment, tmp_p
     make_run(logdir, trials["tiny/sgd__s1"], "results.json", lr=0.5)  # made with another config
     jobs, settled = plan(exp, logdir, data_dirs=parse_data_dirs(["mnist=/data/m"]))
     actions = {j.name: j.action for j in jobs}
-    # split-mnist is not an online stream: the seeds of a setting are not batched
+    # the dataset is not at /data/m: the seeds of a setting are not batched (one job each)
     assert actions == {"tiny/adam__s1": "resume", "tiny/sgd__s0": "restart",
                        "tiny/broken__s0": "run", "tiny/broken__s1": "run"}  # fmt: skip
     status = {o.name: o.status for o in settled}

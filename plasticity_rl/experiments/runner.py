@@ -10,9 +10,9 @@ trains the seeds as one batched network and writes the same run directories, see
 to ``trial.log`` in each of the trial's run directories.
 
 Batching (:func:`plan`): the runs of a setting that need the script form one batched trial when
-the script is ``supervised``, there are at least two of them, the stream is one of
-:data:`BATCHED_STREAMS` and :func:`batching_refusal` finds that the trainer builds the batched
-runs; otherwise (and with ``batch=False``) each run is its own trial.
+the script is ``supervised``, there are at least two of them and :func:`batching_refusal`
+finds that the trainer builds the batched runs; otherwise (and with ``batch=False``) each run
+is its own trial.
 
 Restarting a sweep:
 
@@ -64,9 +64,6 @@ CHECKPOINT = Path("checkpoints") / "latest.pt"
 IGNORED_CONFIG_KEYS = ("agent_preset", "data_dir", "env_preset")
 """Config fields that may differ between a trial and its existing run (paths)."""
 LOG_TAIL_LINES = 25
-BATCHED_STREAMS = ("online_permuted", "slowly_changing_regression")
-"""The streams whose runs ``build_batched_learner`` can batch (the online ones); a setting on
-another stream is never batched, and its dataset is not read to check it."""
 RAY_MISSING = (
     "local (runs the trials one after another); Ray is not installed: for ray install the "
     'sweep extra, pip install -e ".[sweep]" (or pip install "ray[tune]")'
@@ -251,8 +248,6 @@ def _batch(
     if len(runs) < 2 or runs[0].script != "supervised":
         return runs
     (first, cfg, _), data_dir = to_run[0], runs[0].data_dir
-    if cfg.stream.stream not in BATCHED_STREAMS:
-        return runs
     seeds = [trial.seed for trial, *_ in to_run]
     check_cfg = cfg if data_dir is None else dataclasses.replace(cfg, data_dir=data_dir)
     refusal = batching_refusal(check_cfg, seeds)
@@ -282,7 +277,7 @@ def batching_refusal(cfg: Any, seeds: Sequence[int]) -> str | None:
 
     The trainer has no side-effect-free check, so this one builds the batched runs with
     :func:`~plasticity_rl.supervised.trainer.build_batched_learner` on the meta device: its own
-    refusals (a stream that is not online, a CNN, SDM layers, Top-K's GABA switch, per-run lists
+    refusals (a CNN, SDM layers, Top-K's GABA switch, per-run lists
     for methods without them, ...) are the answer, and no network is allocated. Building the
     streams reads the dataset (``cfg.data_dir``); it is never downloaded here: a dataset that is
     not on disk is a refusal (the runs then go one by one and the first downloads it). So is an

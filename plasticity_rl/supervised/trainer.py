@@ -231,9 +231,14 @@ def build_batched_learner(cfg: SupervisedRunConfig, seeds: Sequence[int]) -> Lea
     (:func:`~plasticity_rl.nn.build_runs`); per-run lists at :data:`PER_RUN_KEYS` give each run
     its own value (a per-run ``optimizer.lr`` needs SGD or SGDM).
 
+    Every stream can be batched; the runs' tasks must have the same number of training
+    examples (true of every stream preset: each run sees the same classes or the same images
+    under its own permutation).
+
     Raises:
-        ConfigError: a stream that is not online (only the online streams and the regression
-            have batched runs), a network or method that has no batched form, bad per-run values.
+        ConfigError: a network or method that has no batched form (a CNN, SDM layers, Top-K's
+            GABA switch; EWC, MAS, SI and replay, which act at task boundaries), bad per-run
+            values.
     """
     cfgs = run_configs(cfg, seeds)
     dataset = None
@@ -243,9 +248,6 @@ def build_batched_learner(cfg: SupervisedRunConfig, seeds: Sequence[int]) -> Lea
         dataset = load_dataset(cfg.stream.dataset, cfg.data_dir)
     streams = [build_stream(run_cfg, dataset) for run_cfg in cfgs]
     first = streams[0]
-    require(isinstance(first, RegressionStream) or first.online, "--runs", len(cfgs),
-            "1 for a stream that is not online (batched runs: slowly_changing_regression, "
-            "online_permuted)")  # fmt: skip
     generators = [torch.Generator().manual_seed(run_cfg.seed) for run_cfg in cfgs]
     input_shape, out_dim = tuple(first.input_shape), _out_dim(first)
     model = build_runs(lambda: build_network(cfgs[0], input_shape, out_dim), generators)
@@ -253,7 +255,10 @@ def build_batched_learner(cfg: SupervisedRunConfig, seeds: Sequence[int]) -> Lea
     lrs = list(lr) if isinstance(lr, list | tuple) else None
     optimizer = make_run_optimizer(model, cfg.optimizer, len(cfgs), lrs)
     methods = _make_methods(cfg, first)
-    for method in methods.values():
+    for name, method in methods.items():
+        require(not method.uses_task_boundaries, f"method.{name}", dict(cfg.method[name] or {}),
+                "no task-boundary method (EWC, MAS, SI, replay) in batched runs: run one seed "
+                "per process (--runs 1)")  # fmt: skip
         method.attach(model, optimizer)
     return Learner(cfgs, streams, model, optimizer, methods, generators)
 
@@ -307,6 +312,16 @@ def class_mask(task: Task, num_classes: int) -> Tensor | None:
     mask = torch.full((num_classes,), float("-inf"))
     mask[task.active_classes] = 0.0
     return mask
+
+
+def run_class_mask(tasks: Sequence[Task], num_classes: int, batched: bool) -> Tensor | None:
+    """:func:`class_mask` of the task of each run: ``(S, 1, classes)`` for batched runs (each
+    run's own classes, broadcast over its batch), the single run's mask otherwise."""
+    masks = [class_mask(task, num_classes) for task in tasks]
+    if not batched or all(m is None for m in masks):
+        return masks[0]
+    zeros = torch.zeros(num_classes)
+    return torch.stack([zeros if m is None else m for m in masks]).unsqueeze(1)
 
 
 def task_order_generator(seed: int, task_index: int) -> torch.Generator:
@@ -474,8 +489,11 @@ def train_tasks(
     runs = torch.Size([learner.runs]) if batched else torch.Size()
     for t in range(progress["task"], num_tasks):
         tasks = [s.tasks[t] for s in learner.streams]
-        mask = class_mask(tasks[0], stream.num_classes)
+        mask = run_class_mask(tasks, stream.num_classes, batched)
         n = len(tasks[0].train_y)
+        sizes = [len(task.train_y) for task in tasks]
+        require(sizes == [n] * len(tasks), f"task {t} training examples", sizes,
+                "the same number in every batched run")  # fmt: skip
         order_gens = [task_order_generator(cfg.seed, t) for cfg in learner.cfgs]
         correct_online, seen_online = torch.zeros(runs, dtype=torch.long), 0
         loss_sum, loss_count = torch.zeros(runs), 0
