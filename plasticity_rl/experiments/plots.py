@@ -181,22 +181,15 @@ def plot_curves(
     for ax in axes.flat:
         if len(ax.get_legend_handles_labels()[0]) > len(handles):
             handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        fig.legend(
-            handles,
-            labels,
-            loc="lower center",
-            ncol=min(4, len(labels)),
-            fontsize=8,
-            bbox_to_anchor=(0.5, -0.02 - 0.025 * math.ceil(len(labels) / 4)),
-            frameon=False,
-        )
     note = "lines: mean over seeds; bands: 95% bootstrap CI"
     if change_every:
         note += f"; dotted: physics changes (every {change_every:,.0f} steps)"
     seeds_text = "/".join(str(s) for s in seeds)
     fig.suptitle(f"{title}\n({note}; seeds per setting: {seeds_text})", fontsize=11)
     fig.tight_layout()
+    if handles:  # below the panels (and their x labels); the saved figure extends to hold it
+        fig.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)), fontsize=8,
+                   bbox_to_anchor=(0.5, 0.0), frameon=False)  # fmt: skip
     return save(fig, path_stem)
 
 
