@@ -143,3 +143,83 @@ def test_a_fully_fused_step_runs_each_post_hook_once_and_a_wrapped_step_runs_its
         assert optimizer._opt_called and len(calls) == 6  # the scheduler's counter saw it
     finally:
         handle.remove()
+
+
+def _wide_net(runs: int | None) -> nn.Module:
+    """An input layer of 200 x 100 weights: wide enough for deferred steps."""
+
+    def build() -> nn.Module:
+        return build_mlp(200, [100], 3, "relu", init="lecun_uniform")
+
+    if runs is None:
+        torch.manual_seed(0)
+        return build()
+    return build_runs(build, [torch.Generator().manual_seed(s) for s in range(runs)])
+
+
+def _examples(runs: int | None, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(3)
+    lead = (runs, 1) if runs is not None else (1,)
+    return [(torch.randn(*lead, 200, generator=gen), torch.randn(*lead, 3, generator=gen))
+            for _ in range(steps)]  # fmt: skip
+
+
+@pytest.mark.parametrize("runs", [None, 3])
+def test_deferred_input_layer_steps_give_the_outputs_and_weights_of_immediate_ones(runs):
+    nets = [_wide_net(runs) for _ in range(2)]
+    optimizers = [torch.optim.SGD(net.parameters(), lr=0.05) for net in nets]
+    deferred = HandBackprop(nets[0], optimizers[0], defer_steps=4)
+    immediate = HandBackprop(nets[1], optimizers[1], defer_steps=1)
+    batched = runs is not None
+    for step, (x, y) in enumerate(_examples(runs, 10)):
+        outputs = []
+        for backprop in (deferred, immediate):
+            output, cache = backprop.forward(x)
+            backprop.backward(cache, loss_and_gradient("mse", output, y, batched)[1])
+            backprop.optimizer_step()
+            outputs.append(output)
+        torch.testing.assert_close(outputs[0], outputs[1])  # W x + pending = the stepped W x
+        pending = deferred._deferred.count
+        assert pending == (step + 1) % 4  # applied every 4 steps
+    first = [net.hidden[0].weight for net in nets]
+    assert not torch.allclose(first[0], first[1])  # 2 steps still pending
+    torch.testing.assert_close(nets[0](x), nets[1](x))  # a module forward flushes them first
+    assert deferred._deferred.count == 0
+    torch.testing.assert_close(first[0], first[1])
+    for p in nets[0].parameters():
+        assert p.grad is None  # fused or deferred: no gradient left behind
+
+
+def test_state_dict_flushes_and_a_post_hook_turns_deferring_off():
+    net, reference = _wide_net(3), _wide_net(3)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+    reference_optimizer = torch.optim.SGD(reference.parameters(), lr=0.05)
+    backprop = HandBackprop(net, optimizer, defer_steps=8)
+    examples = _examples(3, 4)
+    for x, y in examples[:2]:
+        _hand_step(backprop, x, y)
+        _autograd_step(reference, reference_optimizer, x, y)
+    assert backprop._deferred.count == 2
+    torch.testing.assert_close(net.state_dict(), reference.state_dict())
+    assert backprop._deferred.count == 0
+    seen = []  # a post-hook may read the weights: every step is applied at once
+    optimizer.register_step_post_hook(lambda *_: seen.append(net.hidden[0].weight.clone()))
+    reference_optimizer.register_step_post_hook(lambda *_: None)
+    for x, y in examples[2:]:
+        _hand_step(backprop, x, y)
+        _autograd_step(reference, reference_optimizer, x, y)
+        assert backprop._deferred.count == 0
+        torch.testing.assert_close(seen[-1], reference.hidden[0].weight)
+
+
+def _hand_step(backprop: HandBackprop, x: torch.Tensor, y: torch.Tensor) -> None:
+    output, cache = backprop.forward(x)
+    backprop.backward(cache, loss_and_gradient("mse", output, y, True)[1])
+    backprop.optimizer_step()
+
+
+def _autograd_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                   y: torch.Tensor) -> None:  # fmt: skip
+    optimizer.zero_grad()
+    run_losses(LOSSES["mse"], net(x), y, True).sum().backward()
+    optimizer.step()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from plasticity_rl.nn import build_mlp
+from plasticity_rl.nn import SDMLinear, build_mlp
 from plasticity_rl.optim import (
     OPTIMIZERS,
     Adam,
@@ -165,8 +165,12 @@ def test_attach_step_hooks_appends_handles():
     p = _scalar_param([0.0])
     optimizer = make_optimizer([p], "sgd", update_clip=0.5)
     assert len(optimizer.plasticity_handles) == 1
-    added = attach_step_hooks(optimizer, nn.Linear(1, 1))
+    added = attach_step_hooks(optimizer, SDMLinear(2, 3, bias=False))
     assert len(added) == 1 and len(optimizer.plasticity_handles) == 2
+    # a model without constrained layers gets no projection hook at all
+    post_hooks = len(optimizer._optimizer_step_post_hooks)
+    assert attach_step_hooks(optimizer, nn.Linear(1, 1)) == []
+    assert len(optimizer._optimizer_step_post_hooks) == post_hooks
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS.names())

@@ -10,6 +10,17 @@ weight's gradient tensor); the optimiser step and all step hooks run as usual. G
 optimiser, a plain SGD step is instead applied while the gradient is computed, without
 materialising it (:class:`~plasticity_rl.optim.fused.FusedSGD`).
 
+Deferred input-layer steps: with one example per run, the input layer's SGD step is the
+rank-1 update W <- W - lr g x^T, and for a wide input (Online Permuted MNIST: 10 runs of
+784 x 100, 3.1 MB) reading and writing W for it costs more than all the rest of the step.
+While fusing applies and the optimiser has no step post-hooks (nothing looks at the weights
+between steps), the input layer's steps are kept as K pending rank-1 terms, A (K x out, the
+scaled gradients) and X (K x in, the inputs): the forward computes W x + A^T (X x), which is
+the updated layer's output, and every K steps (or at :meth:`HandBackprop.flush`) W <- W + A^T X
+in one pass. The numbers are those of stepping every time up to the order of float sums.
+Anything else that reads the weights must flush first: a forward of the layer module does
+(pre-hook), as does the model's ``state_dict()``; other readers call :meth:`flush`.
+
 Every activation module is called as in a normal forward with grad mode on (its input needs no
 grad, so no graph is built), so forward hooks -- continual backprop's and ReDo's activation
 records -- see a training forward. Supported: ``nn.Linear`` and
@@ -29,10 +40,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.optim.optimizer import _global_optimizer_post_hooks
 
 from plasticity_rl.nn.layers import BatchedLinear, SDMLinear
 from plasticity_rl.nn.mlp import MLP
-from plasticity_rl.optim.fused import FusedSGD
+from plasticity_rl.optim.fused import FusedSGD, _consume_grad
+
+DEFER_STEPS = 32
+"""Input-layer SGD steps kept pending before they are applied in one pass (module doc)."""
+DEFER_MIN_WEIGHTS = 16_384
+"""Deferred steps only for an input layer with at least this many weights per run."""
 
 ActivationBackward = Callable[[Tensor, Tensor, Tensor, nn.Module], Tensor]
 """``(grad_h, z, h, module) -> grad_z`` for h = module(z)."""
@@ -100,7 +117,8 @@ class HandBackprop:
         backprop.optimizer_step()  # or optimizer.step()
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                 defer_steps: int = DEFER_STEPS):  # fmt: skip
         if not self.supports(model):
             raise ValueError(f"HandBackprop does not support {type(model).__name__}")
         self.flatten, self.layers = _layers(model)  # type: ignore[misc]
@@ -111,6 +129,17 @@ class HandBackprop:
         ours = {id(p) for p in self._params if p is not None}
         self._covers_optimizer = self.fused is not None and self.fused.parameter_ids == ours
         self._stepped_all = False
+        first = self.layers[0][0]
+        wide = first.in_features * first.out_features >= DEFER_MIN_WEIGHTS
+        self._deferred = _DeferredSteps(first, defer_steps) if wide and defer_steps > 1 else None
+        if self._deferred is not None:  # anything else that reads the weights sees them whole
+            first.register_forward_pre_hook(lambda *_: self.flush())
+            model.register_state_dict_pre_hook(lambda *_, **__: self.flush())
+
+    def flush(self) -> None:
+        """Apply the pending input-layer steps (see the module docstring) to the weight."""
+        if self._deferred is not None:
+            self._deferred.flush()
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
@@ -129,8 +158,10 @@ class HandBackprop:
         if self.flatten is not None:
             x = self.flatten(x)
         cache = []
-        for step in self._steps:
+        for index, step in enumerate(self._steps):
             z = step.apply(x, *step.operands)
+            if index == 0 and self._deferred is not None:
+                self._deferred.add_pending_output(z, x)
             h = z if step.activation is None else step.activation(z)  # hooks see a training forward
             cache.append((x, z, h))
             x = h
@@ -148,6 +179,10 @@ class HandBackprop:
         """
         lrs = [None] * len(self._params) if self.fused is None else self.fused.step_sizes(
             self._params)  # fmt: skip
+        deferred = self._deferred
+        if deferred is not None and not (lrs[0] is not None and self._no_post_hooks()):
+            deferred.flush()  # this step is not deferred: the weight must be whole for it
+            deferred = None
         self._stepped_all = self._covers_optimizer and all(
             lr is not None for p, lr in zip(self._params, lrs, strict=True) if p is not None
         )
@@ -163,7 +198,9 @@ class HandBackprop:
             if index > 0:  # before this layer's weight takes its step
                 grad = step.propagate(grad, step.weight_values)
             weight, weight_lr = step.weight, lrs[2 * index]
-            if weight_lr is not None:
+            if index == 0 and deferred is not None and deferred.add_step(rows, x_rows, weight_lr):
+                _consume_grad(weight)
+            elif weight_lr is not None:
                 FusedSGD.step_on_product(weight, rows.transpose(-1, -2), x_rows, weight_lr)
             elif weight.requires_grad:
                 old = weight.grad
@@ -174,6 +211,12 @@ class HandBackprop:
                 FusedSGD.step(bias, bias_gradient(rows), bias_lr)
             elif bias is not None and bias.requires_grad:
                 bias.grad = bias_gradient(rows)
+
+    def _no_post_hooks(self) -> bool:
+        optimizer = self.optimizer
+        return optimizer is not None and not (
+            optimizer._optimizer_step_post_hooks or _global_optimizer_post_hooks
+        )
 
     def optimizer_step(self) -> None:
         """``optimizer.step()`` after :meth:`backward`.
@@ -190,6 +233,52 @@ class HandBackprop:
         else:
             self.optimizer.step()
         self._stepped_all = False
+
+
+class _DeferredSteps:
+    """The pending SGD steps of one linear layer, as rank-1 terms (module docstring).
+
+    ``A[k] = -lr_k g_k`` and ``X[k] = x_k`` (a leading run dim for a batched layer); the weight
+    they stand for is W + A[:n]^T X[:n].
+    """
+
+    def __init__(self, layer: nn.Linear, capacity: int):
+        self.weight = layer.weight.detach()
+        lead = self.weight.shape[:-2]  # (S,) for a batched layer
+        self.a = self.weight.new_zeros(*lead, capacity, self.weight.shape[-2])
+        self.x = self.weight.new_zeros(*lead, capacity, self.weight.shape[-1])
+        self.capacity, self.count = capacity, 0
+
+    def add_pending_output(self, z: Tensor, x: Tensor) -> None:
+        """z += A^T (X x): the pending steps' part of the layer's output, in place."""
+        if self.count:
+            a, xs = self.a.narrow(-2, 0, self.count), self.x.narrow(-2, 0, self.count)
+            coefficients = torch.matmul(x, xs.transpose(-1, -2))  # x_k . x for each pending k
+            if z.dim() == 3:
+                z.baddbmm_(coefficients, a)
+            else:
+                z.addmm_(coefficients, a)
+
+    def add_step(self, rows: Tensor, x_rows: Tensor, lr: float) -> bool:
+        """Defer the step W <- W - lr rows^T x_rows if it is one example per run (else False)."""
+        if rows.shape[-2] != 1:
+            self.flush()
+            return False
+        torch.mul(rows.squeeze(-2), -lr, out=self.a.select(-2, self.count))
+        self.x.select(-2, self.count).copy_(x_rows.squeeze(-2))
+        self.count += 1
+        if self.count == self.capacity:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        if self.count:
+            a, xs = self.a.narrow(-2, 0, self.count), self.x.narrow(-2, 0, self.count)
+            if self.weight.dim() == 3:
+                self.weight.baddbmm_(a.transpose(-1, -2), xs)
+            else:
+                self.weight.addmm_(a.transpose(-1, -2), xs)
+            self.count = 0
 
 
 @dataclass

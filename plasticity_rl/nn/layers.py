@@ -374,9 +374,18 @@ class SDMLinear(nn.Linear):
             self.weight.copy_(self.project(self.weight))
 
 
-def register_projections(model: nn.Module, optimizer: torch.optim.Optimizer) -> RemovableHandle:
-    """After every optimiser step, project each constrained layer of ``model`` back (SDM)."""
+def register_projections(
+    model: nn.Module, optimizer: torch.optim.Optimizer
+) -> RemovableHandle | None:
+    """After every optimiser step, project each constrained layer of ``model`` back (SDM).
+
+    Returns the hook's handle, or None for a model without constrained layers: it gets no
+    hook (a step post-hook makes the hand-written backward apply every input-layer step at
+    once, :mod:`plasticity_rl.nn.backprop`).
+    """
     layers = [m for m in model.modules() if hasattr(m, "project_")]
+    if not layers:
+        return None
 
     def project_all(*_: object) -> None:
         for layer in layers:

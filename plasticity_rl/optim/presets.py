@@ -195,8 +195,9 @@ def attach_step_hooks(
     handles: list[Any] = []
     if update_clip is not None:
         handles.append(clip_updates(optimizer, update_clip))
-    if model is not None:
-        handles.append(register_projections(model, optimizer))
+    projections = None if model is None else register_projections(model, optimizer)
+    if projections is not None:
+        handles.append(projections)
     existing = getattr(optimizer, "plasticity_handles", [])
     optimizer.plasticity_handles = existing + handles  # type: ignore[attr-defined]
     return handles

@@ -186,7 +186,10 @@ class Learner:
 
         For batched runs this is one scratch network, loaded with run ``run``'s state at each
         call (:func:`~plasticity_rl.nn.run_module`): use it before asking for another run.
+        Steps the hand-written backward has deferred are applied first (it reads the weights).
         """
+        if self.backprop is not None:
+            self.backprop.flush()
         if not self.batched:
             return self.model
         self._run_view = run_module(self.model, run, into=self._run_view)
@@ -266,6 +269,8 @@ def build_batched_learner(cfg: SupervisedRunConfig, seeds: Sequence[int]) -> Lea
 def run_checkpoint(learner: Learner, run: int, progress: dict[str, Any]) -> dict[str, Any]:
     """Run ``run``'s training state in the single-run checkpoint format."""
     model, optimizer = learner.model, learner.optimizer
+    if learner.backprop is not None:
+        learner.backprop.flush()  # deferred steps (plasticity_rl.nn.backprop) into the weights
     return {
         "model": run_state_dict(model, run) if learner.batched else model.state_dict(),
         "optimizer": run_optimizer_state_dict(optimizer, run)
