@@ -21,8 +21,11 @@ from plasticity_rl.registry import ConfigError
 T = TypeVar("T")
 
 
-def common_parser(description: str, env_help: str) -> argparse.ArgumentParser:
-    """A parser with the arguments every training script takes."""
+def common_parser(
+    description: str, env_help: str, resume_runs: bool = False
+) -> argparse.ArgumentParser:
+    """A parser with the arguments every training script takes; ``resume_runs``: ``--resume``
+    takes one or more run directories (a list; several are the runs of one batched group)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--env", help=env_help)
     parser.add_argument("--agent", help="agent preset name (agents/*.yaml) or path")
@@ -37,7 +40,11 @@ def common_parser(description: str, env_help: str) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config field, e.g. optimizer.lr=0.01 (repeatable)",
     )
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run")
+    if resume_runs:
+        parser.add_argument("--resume", type=Path, nargs="+", metavar="RUN_DIR",
+                            help="continue this run, or these batched runs together")  # fmt: skip
+    else:
+        parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

@@ -13,11 +13,11 @@ settings whose config the trainer can batch, all seeds of the setting as one bat
 (``train_supervised.py --seeds 0,1,2 --name <experiment>/<setting>``, the same run
 directories); ``--no-batch`` runs every seed alone. A restarted sweep skips finished runs,
 resumes unfinished ones from their checkpoint and restarts the others (the unfinished runs of a
-batched setting are restarted together, batched). ``--executor ray`` (default) needs the
-sweep extra (``pip install -e ".[sweep]"``): without ``--address`` it starts a local Ray with
-one trial per core; with one it uses that cluster. ``--executor local`` runs the trials one
-after another in this process. Exit status: 0 if no trial failed, 1 otherwise, 2 on a
-configuration error.
+batched setting are resumed together if all have a checkpoint, else restarted together).
+``--executor ray`` (default) needs the sweep extra (``pip install -e ".[sweep]"``): without
+``--address`` it starts a local Ray with one trial per core; with one it uses that cluster.
+``--executor local`` runs the trials one after another in this process. Exit status: 0 if no
+trial failed, 1 otherwise, 2 on a configuration error.
 """
 
 from __future__ import annotations

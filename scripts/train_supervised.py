@@ -40,6 +40,7 @@ from plasticity_rl.supervised.trainer import (
     build_batched_learner,
     build_learner,
     build_stream,
+    group_config,
     run_configs,
     train,
     train_runs,
@@ -65,7 +66,8 @@ def run_seeds(args: argparse.Namespace) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common_parser(__doc__.split("\n\n")[0], "stream preset name (envs/*.yaml) or path")
+    parser = common_parser(__doc__.split("\n\n")[0], "stream preset name (envs/*.yaml) or path",
+                           resume_runs=True)  # fmt: skip
     parser.add_argument("--data-dir", help="directory with the dataset files")
     parser.add_argument("--runs", type=int, help="train this many seeds (from --seed) batched")
     parser.add_argument("--seeds", help="train these comma-separated seeds batched, e.g. 0,1,2")
@@ -74,10 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.data_dir is not None:
         overrides.append(f"data_dir={args.data_dir}")
+    resume_dirs: list[Path] = args.resume or []
+    args.resume = resume_dirs[0] if len(resume_dirs) == 1 else None  # one run: as before
     try:
+        if len(resume_dirs) > 1:
+            return _resume_batched(args, resume_dirs, overrides)
         seeds = run_seeds(args)
         if args.resume is not None and (len(seeds) > 1 or args.seeds is not None):
-            raise ConfigError("--resume", str(args.resume), "one run (resume each run on its own)")
+            raise ConfigError("--resume", str(args.resume), "not with --runs or --seeds (give "
+                              "the run directories of a batched group to --resume)")  # fmt: skip
         cfg = resolve_run_config(SupervisedRunConfig, args, "stream", overrides)
         validate(cfg)
         if len(seeds) > 1:
@@ -105,6 +112,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _resume_batched(args: argparse.Namespace, run_dirs: list[Path], overrides: list[str]) -> int:
+    """``--resume DIR DIR ...``: continue the runs of one batched group, batched."""
+    cfgs = []
+    for run_dir in run_dirs:
+        run_args = argparse.Namespace(**{**vars(args), "resume": run_dir})
+        cfgs.append(resolve_run_config(SupervisedRunConfig, run_args, "stream", overrides))
+    cfg = group_config(cfgs)
+    validate(cfg)
+    seeds = [run_cfg.seed for run_cfg in cfgs]
+    learner = build_batched_learner(cfg, seeds)
+    print(f"resuming {len(seeds)} batched runs (seeds {seeds}):")
+    for run_dir in run_dirs:
+        print(f"  {run_dir}")
+    return _train_batched(args, cfg, seeds, run_dirs, learner, resume=True)
+
+
 def _main_batched(
     args: argparse.Namespace, cfg: SupervisedRunConfig, seeds: list[int], learner: object
 ) -> int:
@@ -116,9 +139,14 @@ def _main_batched(
     print(f"{len(seeds)} batched runs (seeds {seeds}) in {args.logdir}:")
     for run_dir in run_dirs:
         print(f"  {run_dir}")
+    return _train_batched(args, cfg, seeds, run_dirs, learner, resume=False)
+
+
+def _train_batched(args: argparse.Namespace, cfg: SupervisedRunConfig, seeds: list[int],
+                   run_dirs: list[Path], learner: object, resume: bool) -> int:  # fmt: skip
     print_header(run_dirs[0], list(learner.methods))  # type: ignore[attr-defined]
-    all_results = train_runs(cfg, seeds, run_dirs, show_progress=not args.no_progress,
-                             prepared=learner)  # type: ignore[arg-type]  # fmt: skip
+    all_results = train_runs(cfg, seeds, run_dirs, resume=resume, prepared=learner,  # type: ignore[arg-type]
+                             show_progress=not args.no_progress)  # fmt: skip
     for run_dir, results in zip(run_dirs, all_results, strict=True):
         summary = {k: v for k, v in results.items() if isinstance(v, int | float)}
         print(f"done: {json.dumps(summary)}; results in {run_dir / 'results.json'}")

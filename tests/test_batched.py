@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -228,6 +229,40 @@ def test_epoch_streams_batched_equal_single_runs(env, agent, layers, tmp_path, m
         assert results[0]["accuracy_matrix"] != results[1]["accuracy_matrix"]
 
 
+@pytest.mark.parametrize(
+    "env, agent, layers",
+    [
+        # Adam's per-element step counts; CBP's utilities, ages and replacement counters
+        ("split-mnist", "cbp", {"optimizer": {"name": "adam", "lr": 1e-3},
+                                "method": {"continual_backprop": OFTEN},
+                                "train": {"epochs_per_task": 4}}),
+        # per-run step sizes (SGDM's momentum buffers are stored divided by lr_s); ReDo
+        ("permuted-mnist", "bp", {"optimizer": {"name": "sgdm", "lr": [0.03, 0.01, 0.003],
+                                                "momentum": 0.9},
+                                  "method": {"redo": {"period": 5, "tau": 0.5}},
+                                  "stream": {"kwargs": {"num_tasks": 3}}}),
+    ],
+)  # fmt: skip
+def test_batched_runs_resume_from_their_checkpoints(env, agent, layers, tmp_path, mnist_dir):
+    train_cfg = {"batch_size": 16, **layers.pop("train", {})}
+    cfg = config(env, agent, data_dir=str(mnist_dir), network={"hidden_sizes": [16]},
+                 train=train_cfg, **layers)  # fmt: skip
+    whole, parts = ([tmp_path / f"{kind}{s}" for s in SEEDS] for kind in ("whole", "parts"))
+    for run_dir in whole + parts:
+        run_dir.mkdir()
+    expected = train_runs(cfg, SEEDS, whole, show_progress=False)
+    stopped = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, stop_after_tasks=1))
+    train_runs(stopped, SEEDS, parts, show_progress=False)
+    assert not (parts[0] / "results.json").exists()
+    resumed = train_runs(cfg, SEEDS, parts, resume=True, show_progress=False)
+    for a, b in zip(expected, resumed, strict=True):
+        a.pop("wall_seconds"), b.pop("wall_seconds")
+        assert_close_tree(a, b)
+    for a, b in zip(whole, parts, strict=True):
+        assert_close_tree(torch.load(a / CHECKPOINT, weights_only=True),
+                          torch.load(b / CHECKPOINT, weights_only=True))  # fmt: skip
+
+
 def test_batched_runs_mask_each_runs_own_classes():
     empty = torch.zeros(0)
     tasks = [Task("a", empty, empty, empty, empty, [0, 1], active) for active in ([0, 1], [2, 3])]
@@ -298,6 +333,28 @@ def test_cli_runs_writes_one_complete_directory_per_run(tmp_path):
         assert len(results["squared_error_bins"]) == 3 and results["stream"]["seed"] == seed
         assert f"seed: {seed}\n" in (run_dir / "config.yaml").read_text()
         assert (run_dir / CHECKPOINT).is_file() and list(run_dir.glob("events.out.tfevents.*"))
+
+
+def test_cli_resumes_the_runs_of_a_batched_group_together(tmp_path, mnist_dir, capsys):
+    common = ["--data-dir", str(mnist_dir), "--no-progress"]
+    args = ["--env", "split-mnist", "--agent", "bp", "--seeds", "3,5", "--logdir", str(tmp_path),
+            "--name", "group", "--set", "network.hidden_sizes=[8]",
+            "--set", "train.stop_after_tasks=2", *common]  # fmt: skip
+    assert main(args) == 0
+    run_dirs = [str(tmp_path / f"group__s{seed}") for seed in (3, 5)]
+    assert not any(Path(d, "results.json").exists() for d in run_dirs)
+    # the saved configs stop after task 2: continue with that lifted
+    resume = ["--resume", *run_dirs, "--set", "train.stop_after_tasks=null", *common]
+    assert main(resume) == 0
+    assert "resuming 2 batched runs (seeds [3, 5])" in capsys.readouterr().out
+    for run_dir in run_dirs:
+        results = json.loads(Path(run_dir, "results.json").read_text())
+        assert len(results["accuracy_matrix"]) == 5  # tasks 3-5 after the resume
+    other = tmp_path / "other"
+    assert main(["--env", "split-mnist", "--agent", "bp", "--logdir", str(tmp_path), "--name",
+                 "other", "--set", "train.stop_after_tasks=1", *common]) == 0  # fmt: skip
+    assert main(["--resume", run_dirs[0], str(other), *common]) == 2
+    assert "the runs of one batched group" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

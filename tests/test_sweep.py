@@ -221,7 +221,7 @@ def test_plan_batches_the_unfinished_seeds_of_a_setting_and_restarts_them(tmp_pa
     make_run(logdir, trials["reg/cbp__s0"], "results.json")
     make_run(logdir, trials["reg/cbp__s1"], "results.json")  # cbp: only seed 2 is missing
     jobs, settled = plan(exp, logdir)
-    # bp: seeds 1 and 2 batched; the interrupted run is restarted (no group resume)
+    # bp: seeds 1 and 2 batched; seed 2 has no checkpoint, so both restart from scratch
     assert [(j.name, j.action) for j in jobs] == [("reg/bp__s1,2", "restart"),
                                                   ("reg/cbp__s2", "run")]  # fmt: skip
     assert jobs[0].run_dirs == [logdir / "reg" / "bp__s1", logdir / "reg" / "bp__s2"]
@@ -232,6 +232,13 @@ def test_plan_batches_the_unfinished_seeds_of_a_setting_and_restarts_them(tmp_pa
     jobs, _ = plan(exp, logdir, batch=False)
     actions = {j.name: j.action for j in jobs}
     assert actions == {"reg/bp__s1": "resume", "reg/bp__s2": "run", "reg/cbp__s2": "run"}
+    # once every unfinished seed has a checkpoint, they are resumed together
+    make_run(logdir, trials["reg/bp__s2"], str(CHECKPOINT))
+    jobs, _ = plan(exp, logdir)
+    assert [(j.name, j.action) for j in jobs] == [("reg/bp__s1,2", "resume"),
+                                                  ("reg/cbp__s2", "run")]  # fmt: skip
+    bp = logdir / "reg" / "bp"
+    assert f"--resume {bp}__s1 {bp}__s2 --no-progress" in jobs[0].command_line()
 
 
 def test_online_permuted_settings_are_batched_when_their_dataset_is_on_disk(

@@ -21,10 +21,9 @@ Restarting a sweep:
 - an unfinished run with a checkpoint is continued with ``--resume``;
 - an unfinished run without a checkpoint is deleted and started again;
 - the unfinished runs of a batched trial (the setting's seeds that are missing or unfinished)
-  are deleted and started again as one batched trial, with or without a checkpoint: batched
-  runs have no group resume (``train_supervised.py --resume`` takes one run), and restarting
-  them batched is cheaper than resuming them one by one; ``batch=False`` (``--no-batch``)
-  resumes them one by one instead;
+  run as one batched trial: resumed together (``train_supervised.py --resume DIR DIR ...``)
+  when every one of them has a checkpoint, else deleted and started again together;
+  ``batch=False`` (``--no-batch``) resumes or restarts them one by one instead;
 - a run directory whose ``config.yaml`` differs from the trial's config is reported as a
   failure and left alone (another scale or an edited preset: use another ``--logdir``).
 
@@ -104,7 +103,7 @@ class TrialJob:
         if self.action != "resume":
             return self.argv
         data = ["--data-dir", self.data_dir] if self.data_dir is not None else []
-        return ["--resume", str(self.run_dirs[0]), "--no-progress", *data]
+        return ["--resume", *map(str, self.run_dirs), "--no-progress", *data]
 
     def command_line(self) -> str:
         """The equivalent shell command (``evaluate`` jobs run no script)."""
@@ -242,8 +241,9 @@ def _batch(
     extra: Sequence[str],
 ) -> list[TrialJob]:
     """A setting's runs that need the script (trial, resolved config, own job): one batched
-    trial (``restart`` if any of them has started) when they can be batched, else their own
-    jobs (with a note if batching was refused)."""
+    trial when they can be batched (``resume`` if all of them have a checkpoint, else
+    ``restart`` if any of them has started), else their own jobs (with a note if batching was
+    refused)."""
     runs = [job for *_, job in to_run]
     if len(runs) < 2 or runs[0].script != "supervised":
         return runs
@@ -263,12 +263,18 @@ def _batch(
             f"{first.setting_name}__s{','.join(str(s) for s in seeds)}",
             first.script,
             [job.run_dirs[0] for job in runs],
-            "restart" if any(job.action != "run" for job in runs) else "run",
+            _batched_action([job.action for job in runs]),
             argv,
             data_dir,
             runs[0].evaluate,
         )
     ]
+
+
+def _batched_action(actions: Sequence[str]) -> str:
+    if all(action == "resume" for action in actions):
+        return "resume"
+    return "restart" if any(action != "run" for action in actions) else "run"
 
 
 def batching_refusal(cfg: Any, seeds: Sequence[int]) -> str | None:

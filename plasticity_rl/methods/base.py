@@ -130,6 +130,15 @@ class Method:
         """
         return self.state_dict()
 
+    def load_run_state_dicts(self, states: Sequence[Mapping[str, Any]]) -> None:
+        """Load run s's single-run state ``states[s]`` into this batched method: the inverse
+        of :meth:`run_state_dict` for all runs at once (shared entries from run 0)."""
+        self.load_state_dict(_stack_runs(states, self._run_shaped()))
+
+    def _run_shaped(self) -> Any:
+        """Which entries of :meth:`state_dict` carry a leading run dim (True), as a tree."""
+        return {}
+
 
 METHODS: Registry[Method] = Registry("method")
 """Interventions by name (filled by the modules of :mod:`plasticity_rl.methods`)."""
@@ -310,7 +319,6 @@ class HiddenLayerMethod(Method):
         return _state_of_run(self.state_dict(), self._run_shaped(), run)
 
     def _run_shaped(self) -> dict[str, Any]:
-        """Which entries of :meth:`state_dict` carry a leading run dim (True), as a tree."""
         return {"counts": dict.fromkeys(self._counts, True)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -321,6 +329,17 @@ class HiddenLayerMethod(Method):
             raise KeyError(f"state is for layers {sorted(counts)}, not {sorted(self._counts)}")
         for name, count in counts.items():
             self._counts[name].copy_(torch.as_tensor(count, dtype=torch.float64))
+
+
+def _stack_runs(states: Sequence[Any], run_shaped: Any) -> Any:
+    """The inverse of :func:`_state_of_run`: entries marked True gathered over the runs
+    (tensors stacked, other values listed), the others taken from run 0."""
+    if run_shaped is True:
+        return torch.stack(list(states)) if isinstance(states[0], Tensor) else list(states)
+    if isinstance(run_shaped, Mapping):
+        return {k: _stack_runs([s[k] for s in states], run_shaped.get(k, False))
+                for k in states[0]}  # fmt: skip
+    return states[0]
 
 
 def _state_of_run(state: Any, run_shaped: Any, run: int) -> Any:

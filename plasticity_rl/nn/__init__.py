@@ -2,7 +2,14 @@
 
 from plasticity_rl.nn import sparse  # noqa: F401  (registers the sparse activations)
 from plasticity_rl.nn.activations import ACTIVATIONS, make_activation
-from plasticity_rl.nn.batched import build_runs, run_module, run_state_dict, runs_of, stack_runs
+from plasticity_rl.nn.batched import (
+    build_runs,
+    run_module,
+    run_state_dict,
+    runs_of,
+    stack_run_state_dicts,
+    stack_runs,
+)
 from plasticity_rl.nn.layers import (
     INIT_SCHEMES,
     BatchedLinear,
@@ -43,6 +50,7 @@ __all__ = [
     "run_module",
     "run_shape",
     "run_state_dict",
+    "stack_run_state_dicts",
     "runs_of",
     "sample_normal",
     "sample_weight",

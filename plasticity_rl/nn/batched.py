@@ -16,7 +16,7 @@ exactly as a single run built from the same random state would; :func:`run_state
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -105,6 +105,21 @@ def run_state_dict(model: nn.Module, run: int) -> dict[str, Tensor]:
     return {
         key: (value[run] if prefixes and key.startswith(prefixes) else value).clone()
         for key, value in model.state_dict().items()
+    }
+
+
+def stack_run_state_dicts(
+    model: nn.Module, states: Sequence[Mapping[str, Tensor]]
+) -> dict[str, Tensor]:
+    """The batched network's ``state_dict`` whose run s is ``states[s]``: the inverse of
+    :func:`run_state_dict` (tensors of batched layers stacked, shared tensors from run 0)."""
+    prefixes = tuple(f"{n}." if n else "" for n, m in model.named_modules()
+                     if isinstance(m, BatchedLinear))  # fmt: skip
+    return {
+        key: torch.stack([state[key] for state in states])
+        if prefixes and key.startswith(prefixes)
+        else value
+        for key, value in states[0].items()
     }
 
 

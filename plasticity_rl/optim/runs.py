@@ -19,7 +19,7 @@ update clipping are element-wise too. What is per tensor rather than per element
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -116,6 +116,36 @@ def run_optimizer_state_dict(optimizer: torch.optim.Optimizer, run: int) -> dict
         for group in groups:
             group.update(lr=per_run_lr.lrs[run], weight_decay=per_run_lr.weight_decay)
     return {"state": run_state, "param_groups": groups}
+
+
+def load_run_optimizer_states(optimizer: torch.optim.Optimizer,
+                              states: Sequence[Mapping[str, Any]]) -> None:  # fmt: skip
+    """Load run s's single-run optimiser state ``states[s]`` into the batched ``optimizer``:
+    the inverse of :func:`run_optimizer_state_dict` for all runs at once.
+
+    Per-run tensors are stacked (SGDM's momentum buffer multiplied back by ``lr_s`` under
+    per-run learning rates), shared values come from run 0, ``uniform_step`` is kept where the
+    runs agree; the batched optimiser keeps its own param groups.
+    """
+    per_run_lr: PerRunLearningRates | None = getattr(optimizer, "per_run_lr", None)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    stacked: dict[Any, dict[str, Any]] = {}
+    for index, first in states[0]["state"].items():
+        shape = params[int(index)].shape
+        entry: dict[str, Any] = {}
+        for key, value in first.items():
+            values = [state["state"][index][key] for state in states]
+            if key == UNIFORM_STEP:
+                entry[key] = value if all(v == value for v in values) else None
+            elif isinstance(value, Tensor) and (len(states), *value.shape) == tuple(shape):
+                if per_run_lr is not None and key == "momentum_buffer":
+                    values = [v * lr for v, lr in zip(values, per_run_lr.lrs, strict=True)]
+                entry[key] = torch.stack(values)
+            else:
+                entry[key] = value
+        stacked[index] = entry
+    groups = optimizer.state_dict()["param_groups"]
+    optimizer.load_state_dict({"state": stacked, "param_groups": groups})
 
 
 def _run_value(value: Any, param_shape: torch.Size, run: int) -> Any:

@@ -49,11 +49,21 @@ from plasticity_rl.metrics.continual import (
     forgetting,
     stability_gap,
 )
-from plasticity_rl.nn import build_mlp, build_runs, run_module, run_state_dict
+from plasticity_rl.nn import (
+    build_mlp,
+    build_runs,
+    run_module,
+    run_state_dict,
+    stack_run_state_dicts,
+)
 from plasticity_rl.nn.backprop import HandBackprop
 from plasticity_rl.nn.cnn import build_cnn
 from plasticity_rl.optim import make_optimizer
-from plasticity_rl.optim.runs import make_run_optimizer, run_optimizer_state_dict
+from plasticity_rl.optim.runs import (
+    load_run_optimizer_states,
+    make_run_optimizer,
+    run_optimizer_state_dict,
+)
 from plasticity_rl.registry import ConfigError, require
 from plasticity_rl.supervised.config import SupervisedRunConfig
 from plasticity_rl.supervised.regression import RegressionStream
@@ -220,6 +230,26 @@ def run_configs(cfg: SupervisedRunConfig, seeds: Sequence[int]) -> list[Supervis
     return cfgs
 
 
+def group_config(cfgs: Sequence[SupervisedRunConfig]) -> SupervisedRunConfig:
+    """The config of a batched group from its runs' configs: the inverse of
+    :func:`run_configs` (per-run values that differ become lists again).
+
+    Raises:
+        ConfigError: the configs differ in more than the seed and :data:`PER_RUN_KEYS`.
+    """
+    group = copy.deepcopy(cfgs[0])
+    for path in PER_RUN_KEYS:
+        values = [_lookup(cfg, path) for cfg in cfgs]
+        if any(value != values[0] for value in values):
+            _lookup(group, path[:-1])[path[-1]] = values
+    seeds = [cfg.seed for cfg in cfgs]
+    if [to_yaml(cfg) for cfg in run_configs(group, seeds)] != [to_yaml(cfg) for cfg in cfgs]:
+        raise ConfigError("--resume", f"runs with seeds {seeds}",
+                          "the runs of one batched group (configs equal but for the seed and "
+                          f"per-run values at {['.'.join(p) for p in PER_RUN_KEYS]})")  # fmt: skip
+    return group
+
+
 def _lookup(cfg: Any, path: Sequence[str]) -> Any:
     node = getattr(cfg, path[0])
     for key in path[1:]:
@@ -303,6 +333,29 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         method.load_state_dict(state["methods"][name])
     torch.set_rng_state(state["rng"]["torch"])
     return state["progress"]
+
+
+def load_run_checkpoints(learner: Learner, paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Restore batched runs from their single-run checkpoints (run s from ``paths[s]``):
+    network, optimiser, method states and random generators; returns each run's progress.
+
+    Raises:
+        ConfigError: the checkpoints are not at the same step (one batched group saves all
+            its runs at the same task boundary).
+    """
+    states = [torch.load(path, weights_only=True) for path in paths]
+    steps = [state["progress"]["step"] for state in states]
+    dirs = [str(path.parent.parent) for path in paths]
+    allowed = f"runs checkpointed at one step (got steps {steps}); resume them one by one"
+    require(steps == [steps[0]] * len(steps), "--resume", dirs, allowed)
+    model = learner.model
+    model.load_state_dict(stack_run_state_dicts(model, [state["model"] for state in states]))
+    load_run_optimizer_states(learner.optimizer, [state["optimizer"] for state in states])
+    for name, method in learner.methods.items():
+        method.load_run_state_dicts([state["methods"][name] for state in states])
+    for generator, state in zip(learner.generators or [], states, strict=True):
+        generator.set_state(state["rng"]["torch"])
+    return [state["progress"] for state in states]
 
 
 def _save_all(learner: Learner, run_dirs: Sequence[Path], progresses: list[dict]) -> None:
@@ -709,17 +762,22 @@ def train_runs(
     seeds: Sequence[int],
     run_dirs: Sequence[Path],
     *,
+    resume: bool = False,
     show_progress: bool = True,
     prepared: Learner | None = None,
 ) -> list[dict[str, Any]]:
     """Train one run per seed as batched runs; run s writes to ``run_dirs[s]`` exactly what a
     single run with seed ``seeds[s]`` writes (``config.yaml``, TensorBoard log, checkpoint,
-    ``results.json``; ``wall_seconds`` is the time of all runs together)."""
+    ``results.json``; ``wall_seconds`` is the time of all runs together). ``resume``: continue
+    from the runs' checkpoints (:func:`load_run_checkpoints`)."""
     torch.set_num_threads(1)
     learner = build_batched_learner(cfg, seeds) if prepared is None else prepared
     require(len(run_dirs) == learner.runs, "run_dirs", len(run_dirs), f"{learner.runs} dirs")
-    progresses = [new_progress() for _ in run_dirs]
-    return _train(learner, list(run_dirs), progresses, False, show_progress)
+    if resume:
+        progresses = load_run_checkpoints(learner, [d / CHECKPOINT for d in run_dirs])
+    else:
+        progresses = [new_progress() for _ in run_dirs]
+    return _train(learner, list(run_dirs), progresses, resume, show_progress)
 
 
 def _train(learner: Learner, run_dirs: list[Path], progresses: list[dict[str, Any]],
