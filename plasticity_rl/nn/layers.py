@@ -163,6 +163,13 @@ def set_weight(layer: nn.Linear, index: Tensor, values: Tensor, dim: int) -> Non
                 raise ValueError("set_weight: a BatchedLinear takes a bool (runs, units) mask")
             values = current.index_copy(dim, index, values)
             index = torch.zeros(current.shape[dim], dtype=torch.bool).index_fill_(0, index, True)
+        if not parametrize.is_parametrized(layer, "weight"):  # write just the selected units
+            param = layer.weight.detach()
+            for s in index.any(-1).nonzero().squeeze(1).tolist() if index.dim() > 1 else [None]:
+                target, source = (param, values) if s is None else (param[s], values[s])
+                units = (index if s is None else index[s]).nonzero().squeeze(1)
+                target.index_copy_(dim, units, source.index_select(dim, units))
+            return
         select = unit_selector(index, current.dim(), dim)
         # Only the runs with a selected unit are read and written (all of a plain layer).
         runs = index.any(-1).nonzero().squeeze(1) if index.dim() > 1 else slice(None)
