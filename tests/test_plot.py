@@ -106,6 +106,17 @@ def test_supervised_report_groups_by_config_without_an_experiment(tmp_path):
     assert "| relu-adam (optimizer.lr=0.001) | 2 | 45.25 [45, 45.5] |" in table
     assert "published" not in table  # no experiment, no published column
     assert "online accuracy" not in table  # no run has a number for that default column
+    assert "Diverged" not in table
+
+
+def test_the_table_names_runs_that_diverged(tmp_path):
+    for seed, diverged in ((0, None), (1, 1200)):
+        config = {"seed": seed, "agent_preset": "bp"}
+        results = {"average_accuracy": 10.0, "diverged_at_step": diverged}
+        write_run(tmp_path / "runs", f"bp__s{seed}", config, {}, results)
+    assert main([str(tmp_path / "runs")]) == 0
+    table = (tmp_path / "runs" / "report" / "results.md").read_text()
+    assert "counted as logged): bp seed 1 at step 1,200." in table
 
 
 def test_plot_a_chosen_metric(tmp_path):

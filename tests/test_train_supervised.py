@@ -62,6 +62,19 @@ def test_each_supervised_preset_runs_end_to_end(agent, tmp_path, mnist_dir):
         assert {"cl/accuracy/task0", "cl/average_accuracy", "cl/train_loss"} <= names
 
 
+@pytest.mark.parametrize("env", ["split-mnist", "slowly-changing-regression"])
+def test_a_diverging_run_says_when_its_loss_became_non_finite(env, tmp_path, mnist_dir):
+    if env.startswith("slowly"):
+        args = [*stream_for("regression-bp", {}), "--agent", "regression-bp"]
+    else:  # Dohare et al.'s SGD learner, narrowed
+        args = ["--env", env, "--data-dir", str(mnist_dir), "--agent", "bp",
+                *sets(["network.hidden_sizes=[32,32]"])]  # fmt: skip
+    assert run(tmp_path, "fine", *args)["diverged_at_step"] is None
+    # SGD with step 1e12 overflows the weights within a few steps
+    blown = run(tmp_path, "blown", *args, *sets(["optimizer.lr=1e12"]))
+    assert isinstance(blown["diverged_at_step"], int) and blown["diverged_at_step"] >= 1
+
+
 def test_class_incremental_cifar100_with_a_cnn_and_ewc(tmp_path, cifar100_dir):
     results = run(
         tmp_path, "c", "--env", "class-incremental-cifar100", "--agent", "relu-adam",

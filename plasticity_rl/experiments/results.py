@@ -310,6 +310,12 @@ def markdown_table(
         "Mean over seeds with a 95% percentile-bootstrap interval [low, high] "
         "(10,000 resamples of the seeds).",
     ]
+    diverged = [f"{group.label} seed {run.seed} at step {run.results['diverged_at_step']:,}"
+                for group in groups for run in group.runs
+                if (run.results or {}).get("diverged_at_step") is not None]  # fmt: skip
+    if diverged:
+        lines.append("Diverged (training loss NaN or infinite; counted as logged): "
+                     + "; ".join(diverged) + ".")  # fmt: skip
     if published.get("source"):
         lines.append(f"Published: {published['source']}")
     lines += [f"- {note}" for note in published.get("notes") or []]

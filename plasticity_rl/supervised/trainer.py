@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from plasticity_rl.config import to_yaml
 from plasticity_rl.methods import Method, make_method
@@ -536,8 +537,6 @@ def train_tasks(
     show_progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Train on every task of a classification stream; returns each run's final results."""
-    from tqdm import tqdm
-
     model, methods = learner.model, learner.methods
     stream, tc, batched = learner.streams[0], learner.cfgs[0].train, learner.batched
     num_tasks = len(stream.tasks)
@@ -576,8 +575,10 @@ def train_tasks(
                     correct_online += predicted.eq(y[..., :size]).sum(-1)
                     seen_online += size
                 if step % tc.log_every_steps == 0:
-                    for writer, value in zip(writers, _per_run(loss_sum / loss_count), strict=True):
+                    mean_losses = _per_run(loss_sum / loss_count)
+                    for writer, p, value in zip(writers, progresses, mean_losses, strict=True):
                         writer.add_scalar("cl/train_loss", value, step)
+                        note_divergence(p, value)
                     loss_sum, loss_count = torch.zeros(runs), 0
                     log_method_stats(writers, methods, step)
                 if tc.eval_every_steps and step % tc.eval_every_steps == 0:
@@ -682,8 +683,6 @@ def train_regression(
     show_progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Online regression, one example per step; squared error logged per bin."""
-    from tqdm import tqdm
-
     model, batched = learner.model, learner.batched
     streams: list[RegressionStream] = learner.streams  # type: ignore[assignment]
     stream, progress = streams[0], progresses[0]
@@ -708,6 +707,7 @@ def train_regression(
         ):
             p["step"] += count
             p["bin_errors"].append(error)
+            note_divergence(p, error)
             writer.add_scalar("cl/squared_error", error, p["step"])
             probe = samples[run][0][: learner.cfgs[run].train.probe_size]
             log_plasticity(writer, learner.run_model(run), probe, p["step"])
@@ -731,7 +731,14 @@ def new_progress() -> dict[str, Any]:
         "task_end_steps": [],
         "bin_errors": [],
         "generator": None,
+        "diverged_at_step": None,
     }
+
+
+def note_divergence(progress: dict[str, Any], loss: float) -> None:
+    """Record the step at which a run's logged training loss first became NaN or infinite."""
+    if not math.isfinite(loss) and progress.get("diverged_at_step") is None:
+        progress["diverged_at_step"] = progress["step"]
 
 
 def train(
@@ -807,6 +814,7 @@ def _train(learner: Learner, run_dirs: list[Path], progresses: list[dict[str, An
             steps=progress["step"],
             wall_seconds=wall_seconds,
             final_plasticity=progress["plasticity"][-1] if progress["plasticity"] else {},
+            diverged_at_step=progress.get("diverged_at_step"),
         )
         if "stopped_after_tasks" not in results:
             (run_dir / "results.json").write_text(json.dumps(_json_safe(results), indent=2) + "\n")
