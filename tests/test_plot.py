@@ -22,6 +22,7 @@ from plasticity_rl.experiments.results import (
     group_runs,
     lookup,
 )
+from plasticity_rl.registry import ConfigError
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from plot import main  # noqa: E402
@@ -157,6 +158,10 @@ def test_final_values_and_lookup(tmp_path):
     assert final_value(run, {"scalar": "a"}) == 95.0
     assert final_value(run, {"results": "online_accuracy"}) == 85.0  # a list is averaged
     assert final_value(run, {"results": "online_accuracy.-1"}) == 90.0
+    assert final_value(run, {"results": "online_accuracy", "reduce": "max"}) == 90.0
+    assert final_value(run, {"results": "online_accuracy", "reduce": "min", "last": 1}) == 90.0
+    with pytest.raises(ConfigError, match="table.reduce: got 'median'"):
+        final_value(run, {"results": "online_accuracy", "reduce": "median"})
     assert final_value(run, {"results": "gap.t0.depth"}) == 3.0
     assert final_value(run, {"results": "gap.t1.depth"}) is None
     assert final_value(run, {"scalar": "missing"}) is None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 
 from plasticity_rl.metrics.summary import bootstrap_ci
+from plasticity_rl.registry import require
 
 ALIGN_POINTS = 500
 GROUPING_IGNORED_KEYS = ("seed", "data_dir")
@@ -221,19 +222,27 @@ def lookup(tree: Any, path: str) -> Any:
     return node
 
 
+LIST_REDUCERS: dict[str, Callable[[list[float]], float]] = {"mean": np.mean, "max": max, "min": min}
+"""How a table column reduces a list in ``results.json`` (e.g. online accuracy per task)."""
+
+
 def final_value(run: Run, column: Mapping[str, Any]) -> float | None:
     """One table column's number for one run.
 
-    ``column`` has ``results: <dotted path>`` (into ``results.json``; lists are averaged unless
-    the path indexes them), or ``scalar: <tag>`` with ``last_fraction`` (default 0.1: the mean
-    of the values logged in the last 10% of the run's steps), or ``pruning: <fraction>`` (the
-    average accuracy after pruning that fraction, from ``pruning.json``).
+    ``column`` has ``results: <dotted path>`` (into ``results.json``; a list is reduced by
+    ``reduce``, one of :data:`LIST_REDUCERS` (default ``mean``), over its ``last: N`` items (default
+    all), unless the path indexes it), or ``scalar: <tag>`` with ``last_fraction`` (default 0.1:
+    the mean of the values logged in the last 10% of the run's steps), or ``pruning:
+    <fraction>`` (the average accuracy after pruning that fraction, from ``pruning.json``).
     """
     if "results" in column:
         value = lookup(run.results or {}, str(column["results"]))
         if isinstance(value, list):
+            reduce = str(column.get("reduce", "mean"))
+            require(reduce in LIST_REDUCERS, "table.reduce", reduce, sorted(LIST_REDUCERS))
             numbers = [v for v in value if isinstance(v, int | float)]
-            value = float(np.mean(numbers)) if numbers else None
+            numbers = numbers[-int(column["last"]) :] if "last" in column else numbers
+            value = float(LIST_REDUCERS[reduce](numbers)) if numbers else None
         return None if value is None else float(value)
     if "scalar" in column:
         steps, values = run.scalars(str(column["scalar"]))
