@@ -24,7 +24,7 @@ RL_PANELS: list[dict[str, Any]] = [
     {"tag": "rollout/ep_rew_mean", "title": "Return", "ylabel": "mean episode return"},
     {
         "tag": "plasticity/pi/hidden2/srank99",
-        "title": "Stable rank (policy, last hidden layer)",
+        "title": "srank: 99% singular-value mass (policy, last hidden layer)",
         "ylabel": "srank (units)",
     },
     {
