@@ -40,11 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
-from torch.optim.optimizer import _global_optimizer_post_hooks
 
 from plasticity_rl.nn.layers import BatchedLinear, SDMLinear
 from plasticity_rl.nn.mlp import MLP
-from plasticity_rl.optim.fused import FusedSGD, _consume_grad
+from plasticity_rl.optim.fused import FusedSGD, consume_grad
 
 DEFER_STEPS = 32
 """Input-layer SGD steps kept pending before they are applied in one pass (module doc)."""
@@ -180,7 +179,7 @@ class HandBackprop:
         lrs = [None] * len(self._params) if self.fused is None else self.fused.step_sizes(
             self._params)  # fmt: skip
         deferred = self._deferred
-        if deferred is not None and not (lrs[0] is not None and self._no_post_hooks()):
+        if deferred is not None and (lrs[0] is None or self.fused.post_hooks()):  # type: ignore[union-attr]
             deferred.flush()  # this step is not deferred: the weight must be whole for it
             deferred = None
         self._stepped_all = self._covers_optimizer and all(
@@ -199,7 +198,7 @@ class HandBackprop:
                 grad = step.propagate(grad, step.weight_values)
             weight, weight_lr = step.weight, lrs[2 * index]
             if index == 0 and deferred is not None and deferred.add_step(rows, x_rows, weight_lr):
-                _consume_grad(weight)
+                consume_grad(weight)
             elif weight_lr is not None:
                 FusedSGD.step_on_product(weight, rows.transpose(-1, -2), x_rows, weight_lr)
             elif weight.requires_grad:
@@ -211,12 +210,6 @@ class HandBackprop:
                 FusedSGD.step(bias, bias_gradient(rows), bias_lr)
             elif bias is not None and bias.requires_grad:
                 bias.grad = bias_gradient(rows)
-
-    def _no_post_hooks(self) -> bool:
-        optimizer = self.optimizer
-        return optimizer is not None and not (
-            optimizer._optimizer_step_post_hooks or _global_optimizer_post_hooks
-        )
 
     def optimizer_step(self) -> None:
         """``optimizer.step()`` after :meth:`backward`.

@@ -21,8 +21,8 @@ regression step).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from itertools import chain
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -90,13 +90,13 @@ class FusedSGD:
             p.baddbmm_(a, b, alpha=-lr)
         else:
             p.addmm_(a, b, alpha=-lr)
-        _consume_grad(param)
+        consume_grad(param)
 
     @staticmethod
     def step(param: Tensor, grad: Tensor, lr: float) -> None:
         """p <- p - lr g, torch SGD's own update (for a gradient that is not a product)."""
         param.detach().add_(grad, alpha=-lr)
-        _consume_grad(param)
+        consume_grad(param)
 
     def can_finish_step(self) -> bool:
         """Whether :meth:`finish_step` may stand in for ``optimizer.step()``: fusing is
@@ -112,12 +112,20 @@ class FusedSGD:
         call it when :meth:`can_finish_step` is true.
         """
         optimizer = self.optimizer
-        hooks = chain(optimizer._optimizer_step_post_hooks.values(),
-                      _global_optimizer_post_hooks.values())  # fmt: skip
-        for hook in hooks:
+        for hook in self.post_hooks():
             hook(optimizer, (optimizer,), {})
 
+    def post_hooks(self) -> list[Callable[..., Any]]:
+        """The step post-hooks ``optimizer.step()`` runs: the optimiser's, then the global ones.
 
-def _consume_grad(param: Tensor) -> None:
+        While there are none, nothing looks at the parameters between steps (the hand-written
+        backward may then defer steps, :mod:`plasticity_rl.nn.backprop`).
+        """
+        return [*self.optimizer._optimizer_step_post_hooks.values(),
+                *_global_optimizer_post_hooks.values()]  # fmt: skip
+
+
+def consume_grad(param: Tensor) -> None:
+    """Drop ``param.grad`` after a step taken without it (fused or deferred)."""
     if param.grad is not None:
         param.grad = None  # optimizer.step() must not apply an old gradient again

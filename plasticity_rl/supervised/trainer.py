@@ -300,8 +300,7 @@ def build_batched_learner(cfg: SupervisedRunConfig, seeds: Sequence[int]) -> Lea
 def run_checkpoint(learner: Learner, run: int, progress: dict[str, Any]) -> dict[str, Any]:
     """Run ``run``'s training state in the single-run checkpoint format."""
     model, optimizer = learner.model, learner.optimizer
-    if learner.backprop is not None:
-        learner.backprop.flush()  # deferred steps (plasticity_rl.nn.backprop) into the weights
+    # model.state_dict() applies deferred input-layer steps first (plasticity_rl.nn.backprop)
     return {
         "model": run_state_dict(model, run) if learner.batched else model.state_dict(),
         "optimizer": run_optimizer_state_dict(optimizer, run)
