@@ -223,3 +223,82 @@ def _autograd_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Te
     optimizer.zero_grad()
     run_losses(LOSSES["mse"], net(x), y, True).sum().backward()
     optimizer.step()
+
+
+def _step_both(backprops: list[HandBackprop], x: torch.Tensor, y: torch.Tensor,
+               batched: bool) -> list[torch.Tensor]:  # fmt: skip
+    outputs = []
+    for backprop in backprops:
+        output, cache = backprop.forward(x)
+        backprop.backward(cache, loss_and_gradient("mse", output, y, batched)[1])
+        backprop.optimizer_step()
+        outputs.append(output)
+    return outputs
+
+
+@pytest.mark.parametrize("runs", [None, 3])
+def test_lookahead_over_announced_inputs_gives_the_numbers_of_immediate_steps(runs):
+    nets = [_wide_net(runs) for _ in range(2)]
+    optimizers = [torch.optim.SGD(net.parameters(), lr=0.01) for net in nets]
+    lookahead = HandBackprop(nets[0], optimizers[0], defer_steps=4)
+    immediate = HandBackprop(nets[1], optimizers[1], defer_steps=1)
+    batched = runs is not None
+    examples = _examples(runs, 13)
+    upcoming = torch.cat([x for x, _ in examples[:10]], dim=-2)  # (S, 10, 200) or (10, 200)
+    lookahead.prefetch(upcoming)
+    for step, (x, y) in enumerate(examples):
+        if step == 7:  # an input that was not announced ends the announcement
+            x = x + 1.0
+        outputs = _step_both([lookahead, immediate], x, y, batched)
+        torch.testing.assert_close(outputs[0], outputs[1])
+        if step < 7:  # blocks of 4 announced rows: 4, then 4 cut short at row 7
+            assert lookahead._deferred.upcoming is not None
+            assert lookahead._deferred.count == (step + 1) % 4
+    assert lookahead._deferred.upcoming is None and lookahead._deferred.consumed == 7
+    lookahead.flush()
+    torch.testing.assert_close(nets[0].state_dict(), nets[1].state_dict())
+
+
+def test_lookahead_block_is_cut_at_the_end_of_the_announced_rows():
+    nets = [_wide_net(2) for _ in range(2)]
+    optimizers = [torch.optim.SGD(net.parameters(), lr=0.01) for net in nets]
+    lookahead = HandBackprop(nets[0], optimizers[0], defer_steps=4)
+    immediate = HandBackprop(nets[1], optimizers[1], defer_steps=1)
+    examples = _examples(2, 6)
+    lookahead.prefetch(torch.cat([x for x, _ in examples], dim=1))  # blocks of 4 and 2
+    for x, y in examples:
+        outputs = _step_both([lookahead, immediate], x, y, True)
+        torch.testing.assert_close(outputs[0], outputs[1])
+    assert lookahead._deferred.count == 0  # the block of 2 was applied at its end
+    torch.testing.assert_close(nets[0].hidden[0].weight, nets[1].hidden[0].weight)
+
+
+@pytest.mark.parametrize("runs", [None, 3])
+def test_deferred_steps_stay_under_continual_backprop_and_resets_see_them(runs):
+    from plasticity_rl.methods import make_method
+
+    nets = [_wide_net(runs) for _ in range(2)]
+    optimizers = [torch.optim.SGD(net.parameters(), lr=0.01) for net in nets]
+    methods = []
+    for net, optimizer in zip(nets, optimizers, strict=True):
+        method = make_method("continual_backprop", replacement_rate=0.05, maturity_threshold=2)
+        method.attach(net, optimizer)
+        methods.append(method)
+    deferred = HandBackprop(nets[0], optimizers[0], defer_steps=8)
+    immediate = HandBackprop(nets[1], optimizers[1], defer_steps=1)
+    batched = runs is not None
+    examples = _examples(runs, 12)
+    deferred.prefetch(torch.cat([x for x, _ in examples], dim=-2))
+    pending = []
+    for step, (x, y) in enumerate(examples):
+        outputs = []
+        for backprop in (deferred, immediate):
+            torch.manual_seed(step)  # the same fresh weights for both (plain layers)
+            outputs += _step_both([backprop], x, y, batched)
+        torch.testing.assert_close(outputs[0], outputs[1])
+        pending.append(deferred._deferred.count)
+    assert max(pending) > 1  # CBP's post-hook let steps stay pending
+    replaced = [float(sum(m.stats().values())) for m in methods]
+    assert replaced[0] == replaced[1] > 0  # resets happened, and flushed the pending steps first
+    deferred.flush()
+    torch.testing.assert_close(nets[0].state_dict(), nets[1].state_dict())

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from plasticity_rl.nn.backprop import keeps_deferred_steps
 from plasticity_rl.nn.layers import (
     layer_parameter,
     run_shape,
@@ -282,13 +283,18 @@ class HiddenLayerMethod(Method):
             self._after_step(activations)
 
         handles = on_training_forward(self.layers, record)
-        handles.append(optimizer.register_step_post_hook(after_step))
+        # _after_step writes weights only through reset_units (set_weight) and reads outgoing
+        # weights only, never a network's input layer: deferred input-layer steps may stay
+        handles.append(optimizer.register_step_post_hook(keeps_deferred_steps(after_step)))
         return handles
 
     def _setup(self) -> None:
         """Allocate per-layer state once ``self.layers`` is known."""
 
     def _after_step(self, activations: dict[str, Tensor]) -> None:
+        """Act on the layers after a step; may read outgoing weights (``layer.outgoing``) and
+        may write weights only through :func:`reset_units` (see
+        :func:`~plasticity_rl.nn.backprop.keeps_deferred_steps`)."""
         raise NotImplementedError
 
     @staticmethod

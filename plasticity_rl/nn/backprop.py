@@ -13,13 +13,24 @@ materialising it (:class:`~plasticity_rl.optim.fused.FusedSGD`).
 Deferred input-layer steps: with one example per run, the input layer's SGD step is the
 rank-1 update W <- W - lr g x^T, and for a wide input (Online Permuted MNIST: 10 runs of
 784 x 100, 3.1 MB) reading and writing W for it costs more than all the rest of the step.
-While fusing applies and the optimiser has no step post-hooks (nothing looks at the weights
-between steps), the input layer's steps are kept as K pending rank-1 terms, A (K x out, the
-scaled gradients) and X (K x in, the inputs): the forward computes W x + A^T (X x), which is
-the updated layer's output, and every K steps (or at :meth:`HandBackprop.flush`) W <- W + A^T X
-in one pass. The numbers are those of stepping every time up to the order of float sums.
-Anything else that reads the weights must flush first: a forward of the layer module does
-(pre-hook), as does the model's ``state_dict()``; other readers call :meth:`flush`.
+While fusing applies and every optimiser step post-hook leaves such steps pending
+(:func:`keeps_deferred_steps`: continual backprop's and ReDo's, which write weights only through
+:func:`~plasticity_rl.nn.layers.set_weight`), the input layer's steps are kept as K pending
+rank-1 terms, A (K x out, the scaled gradients) and X (K x in, the inputs): the forward
+computes W x + A^T (X x), which is the updated layer's output, and every K steps (or at
+:meth:`HandBackprop.flush`) W <- W + A^T X in one pass. The numbers are those of stepping every
+time up to the order of float sums. Anything else that reads the weights must flush first: a
+forward of the layer module does (pre-hook), as do the model's ``state_dict()`` and
+``set_weight`` on the layer (:func:`~plasticity_rl.nn.layers.keep_updates_pending`); other
+readers call :meth:`HandBackprop.flush`.
+
+Lookahead: the inputs of the coming steps are known in advance (the stream does not depend on
+the model), and :meth:`HandBackprop.prefetch` announces them. At the start of a block of K
+announced inputs (nothing pending) the input layer's outputs for all of them, W X^T, and their
+Gram matrix X X^T are computed in two matmuls, so the layer's output at step k of the block is
+W x_k + A[:k]^T (X X^T)[:k, k] without reading W: W is read once per block instead of once per
+step. A forward whose input is not exactly the next announced row (checked by value) ends the
+announcement and takes the step-by-step path.
 
 Every activation module is called as in a normal forward with grad mode on (its input needs no
 grad, so no graph is built), so forward hooks -- continual backprop's and ReDo's activation
@@ -35,13 +46,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from plasticity_rl.nn.layers import BatchedLinear, SDMLinear
+from plasticity_rl.nn.layers import BatchedLinear, SDMLinear, keep_updates_pending
 from plasticity_rl.nn.mlp import MLP
 from plasticity_rl.optim.fused import FusedSGD, consume_grad
 
@@ -49,6 +61,22 @@ DEFER_STEPS = 32
 """Input-layer SGD steps kept pending before they are applied in one pass (module doc)."""
 DEFER_MIN_WEIGHTS = 16_384
 """Deferred steps only for an input layer with at least this many weights per run."""
+
+KEEPS_DEFERRED_STEPS = "keeps_deferred_steps"
+"""The attribute :func:`keeps_deferred_steps` sets on an optimiser step post-hook."""
+
+
+def keeps_deferred_steps(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark an optimiser step post-hook under which deferred input-layer steps stay pending.
+
+    The hook must read no input layer's weight and write weights only through
+    :func:`~plasticity_rl.nn.layers.set_weight` (which applies pending steps first). Under
+    any unmarked post-hook, :class:`HandBackprop` steps the input layer every time. Returns
+    the hook.
+    """
+    setattr(hook, KEEPS_DEFERRED_STEPS, True)
+    return hook
+
 
 ActivationBackward = Callable[[Tensor, Tensor, Tensor, nn.Module], Tensor]
 """``(grad_h, z, h, module) -> grad_z`` for h = module(z)."""
@@ -130,15 +158,29 @@ class HandBackprop:
         self._stepped_all = False
         first = self.layers[0][0]
         wide = first.in_features * first.out_features >= DEFER_MIN_WEIGHTS
-        self._deferred = _DeferredSteps(first, defer_steps) if wide and defer_steps > 1 else None
+        self._deferred = (_DeferredSteps(self._steps[0], defer_steps)
+                          if wide and defer_steps > 1 else None)  # fmt: skip
         if self._deferred is not None:  # anything else that reads the weights sees them whole
             first.register_forward_pre_hook(lambda *_: self.flush())
             model.register_state_dict_pre_hook(lambda *_, **__: self.flush())
+            keep_updates_pending(first, self._deferred.flush)
 
     def flush(self) -> None:
         """Apply the pending input-layer steps (see the module docstring) to the weight."""
         if self._deferred is not None:
             self._deferred.flush()
+
+    def prefetch(self, upcoming: Tensor) -> None:
+        """Announce the inputs of the next training steps, in order (lookahead, module doc).
+
+        ``upcoming``: ``(S, n, in_features)`` for batched runs, ``(n, in_features)`` for one
+        run; step k's forward is expected to get row k (one example per run). Only used while
+        input-layer steps are deferred; other shapes are ignored. The rows are copied block
+        by block as they are reached, so ``upcoming`` must keep its values until then (a
+        changed row is caught: it ends the announcement).
+        """
+        if self._deferred is not None and self.flatten is None:
+            self._deferred.prefetch(upcoming)
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
@@ -158,9 +200,10 @@ class HandBackprop:
             x = self.flatten(x)
         cache = []
         for index, step in enumerate(self._steps):
-            z = step.apply(x, *step.operands)
             if index == 0 and self._deferred is not None:
-                self._deferred.add_pending_output(z, x)
+                z = self._deferred.output(x)
+            else:
+                z = step.apply(x, *step.operands)
             h = z if step.activation is None else step.activation(z)  # hooks see a training forward
             cache.append((x, z, h))
             x = h
@@ -179,7 +222,9 @@ class HandBackprop:
         lrs = [None] * len(self._params) if self.fused is None else self.fused.step_sizes(
             self._params)  # fmt: skip
         deferred = self._deferred
-        if deferred is not None and (lrs[0] is None or self.fused.post_hooks()):  # type: ignore[union-attr]
+        if deferred is not None and (lrs[0] is None or not all(
+                getattr(hook, KEEPS_DEFERRED_STEPS, False)
+                for hook in self.fused.post_hooks())):  # type: ignore[union-attr]  # fmt: skip
             deferred.flush()  # this step is not deferred: the weight must be whole for it
             deferred = None
         self._stepped_all = self._covers_optimizer and all(
@@ -229,28 +274,77 @@ class HandBackprop:
 
 
 class _DeferredSteps:
-    """The pending SGD steps of one linear layer, as rank-1 terms (module docstring).
+    """The pending SGD steps of one linear layer, as rank-1 terms, and its lookahead block
+    (module docstring).
 
     ``A[k] = -lr_k g_k`` and ``X[k] = x_k`` (a leading run dim for a batched layer); the weight
-    they stand for is W + A[:n]^T X[:n].
+    they stand for is W + A[:n]^T X[:n]. In a lookahead block, X holds the block's announced
+    inputs, ``block_z`` their outputs W X^T (W as at the block's start) and ``gram`` X X^T;
+    the block ends when its rows are used up or at :meth:`flush`.
     """
 
-    def __init__(self, layer: nn.Linear, capacity: int):
-        self.weight = layer.weight.detach()
+    def __init__(self, step: _LayerStep, capacity: int):
+        self.step = step
+        self.weight = step.weight_values
         lead = self.weight.shape[:-2]  # (S,) for a batched layer
         self.a = self.weight.new_zeros(*lead, capacity, self.weight.shape[-2])
         self.x = self.weight.new_zeros(*lead, capacity, self.weight.shape[-1])
         self.capacity, self.count = capacity, 0
+        self.upcoming: Tensor | None = None
+        self.consumed = 0
+        """Rows of ``upcoming`` whose forward has run."""
+        self.block_len = 0
+        """Rows in the current lookahead block (0: none)."""
+        self.block_z = self.gram = self.weight.new_empty(0)
 
-    def add_pending_output(self, z: Tensor, x: Tensor) -> None:
-        """z += A^T (X x): the pending steps' part of the layer's output, in place."""
-        if self.count:
-            a, xs = self.a.narrow(-2, 0, self.count), self.x.narrow(-2, 0, self.count)
-            coefficients = torch.matmul(x, xs.transpose(-1, -2))  # x_k . x for each pending k
-            if z.dim() == 3:
-                z.baddbmm_(coefficients, a)
-            else:
-                z.addmm_(coefficients, a)
+    def prefetch(self, upcoming: Tensor) -> None:
+        self.flush()
+        lead = self.weight.shape[:-2]
+        fits = upcoming.dim() == self.weight.dim() and upcoming.shape[:-2] == lead and (
+            upcoming.shape[-1] == self.weight.shape[-1])  # fmt: skip
+        self.upcoming, self.consumed = (upcoming if fits else None), 0
+
+    def output(self, x: Tensor) -> Tensor:
+        """The output of the layer as updated by the pending steps, for input ``x``."""
+        z = None if self.upcoming is None else self._lookahead_output(x)
+        if z is None:
+            z = self.step.apply(x, *self.step.operands)
+            if self.count:  # z += A^T (X x), with x_k . x for each pending k
+                xs = self.x.narrow(-2, 0, self.count)
+                _add_product_(z, torch.matmul(x, xs.transpose(-1, -2)),
+                              self.a.narrow(-2, 0, self.count))  # fmt: skip
+        return z
+
+    def _lookahead_output(self, x: Tensor) -> Tensor | None:
+        if self.block_len == 0 and not self._start_block():
+            return None
+        k = self.count  # the block's steps so far: x should be its row k
+        row = self.x.narrow(-2, k, 1)
+        if x.shape != row.shape or not torch.equal(x, row):
+            self.flush()
+            self.upcoming = None
+            return None
+        bias = self.step.operands[1]
+        z = self.block_z.narrow(-2, k, 1)
+        z = z.clone() if bias is None else z + bias
+        if k:
+            _add_product_(z, self.gram.narrow(-2, k, 1).narrow(-1, 0, k), self.a.narrow(-2, 0, k))
+        self.consumed += 1
+        return z
+
+    def _start_block(self) -> bool:
+        assert self.upcoming is not None
+        size = min(self.capacity, self.upcoming.shape[-2] - self.consumed)
+        if size <= 0:
+            self.upcoming = None
+            return False
+        self.flush()
+        rows = self.x.narrow(-2, 0, size)
+        rows.copy_(self.upcoming.narrow(-2, self.consumed, size))
+        self.block_z = self.step.apply(rows, self.step.operands[0], None)
+        self.gram = torch.matmul(rows, rows.transpose(-1, -2))
+        self.block_len = size
+        return True
 
     def add_step(self, rows: Tensor, x_rows: Tensor, lr: float) -> bool:
         """Defer the step W <- W - lr rows^T x_rows if it is one example per run (else False)."""
@@ -258,20 +352,29 @@ class _DeferredSteps:
             self.flush()
             return False
         torch.mul(rows.squeeze(-2), -lr, out=self.a.select(-2, self.count))
-        self.x.select(-2, self.count).copy_(x_rows.squeeze(-2))
+        if not self.block_len:  # in a lookahead block the input is in X already
+            self.x.select(-2, self.count).copy_(x_rows.squeeze(-2))
         self.count += 1
-        if self.count == self.capacity:
+        if self.count == (self.block_len or self.capacity):
             self.flush()
         return True
 
     def flush(self) -> None:
+        """W <- W + A^T X for the pending steps; ends the lookahead block (its W X^T is old)."""
         if self.count:
-            a, xs = self.a.narrow(-2, 0, self.count), self.x.narrow(-2, 0, self.count)
-            if self.weight.dim() == 3:
-                self.weight.baddbmm_(a.transpose(-1, -2), xs)
-            else:
-                self.weight.addmm_(a.transpose(-1, -2), xs)
+            count = self.count
+            _add_product_(self.weight, self.a.narrow(-2, 0, count).transpose(-1, -2),
+                          self.x.narrow(-2, 0, count))  # fmt: skip
             self.count = 0
+        self.block_len = 0
+
+
+def _add_product_(out: Tensor, a: Tensor, b: Tensor) -> None:
+    """out += a @ b in place, for matrices or stacks of them."""
+    if out.dim() == 3:
+        out.baddbmm_(a, b)
+    else:
+        out.addmm_(a, b)
 
 
 @dataclass

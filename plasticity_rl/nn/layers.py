@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -144,6 +145,28 @@ def layer_parameter(layer: nn.Linear) -> nn.Parameter:
     return layer.weight
 
 
+_PENDING_UPDATES: weakref.WeakKeyDictionary[nn.Module, weakref.WeakMethod] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def keep_updates_pending(layer: nn.Linear, apply: Callable[[], None]) -> None:
+    """Declare that steps of ``layer``'s weight are kept aside until the bound method
+    ``apply()`` writes them into it (the hand-written backward's deferred input-layer steps,
+    :mod:`plasticity_rl.nn.backprop`). :func:`set_weight` applies them before it writes, so
+    unit resets see and replace the weight the network computes with. Only a weak reference
+    to ``apply`` is kept."""
+    _PENDING_UPDATES[layer] = weakref.WeakMethod(apply)  # type: ignore[arg-type]
+
+
+def apply_pending_updates(layer: nn.Module) -> None:
+    """Write the steps kept aside for ``layer`` (:func:`keep_updates_pending`) into its weight."""
+    reference = _PENDING_UPDATES.get(layer)
+    apply = None if reference is None else reference()
+    if apply is not None:
+        apply()
+
+
 def set_weight(layer: nn.Linear, index: Tensor, values: Tensor, dim: int) -> None:
     """Set rows (``dim=0``) or columns (``dim=1``) of the effective weight to ``values``.
 
@@ -155,7 +178,9 @@ def set_weight(layer: nn.Linear, index: Tensor, values: Tensor, dim: int) -> Non
 
     Goes through the parametrization's ``right_inverse``, so Powerprop layers store
     v = sign(w)|w|^(1/alpha). For row-wise parametrizations (weight norm) only row writes are exact.
+    Steps kept pending for the layer (:func:`keep_updates_pending`) are applied first.
     """
+    apply_pending_updates(layer)
     with torch.no_grad():
         current = layer.weight.detach()
         if index.dtype != torch.bool:

@@ -453,14 +453,19 @@ def run_losses(
 
 
 def run_batches(
-    tasks: Sequence[Task], orders: Sequence[Tensor], batch_size: int, batched: bool
+    tasks: Sequence[Task],
+    orders: Sequence[Tensor],
+    batch_size: int,
+    batched: bool,
+    on_chunk: Callable[[Tensor], None] | None = None,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """One epoch's training batches: run s's batches take ``tasks[s]`` in ``orders[s]``.
 
     Yields ``(x, y)`` of the single run, or of all runs stacked as ``(S, B, ...)``. Examples
     are gathered about :data:`CHUNK_EXAMPLES` at a time (over all runs) and then sliced, to
     keep per-step work small; batched runs gather into one buffer, so a batch is only valid
-    until the next one is taken.
+    until the next one is taken. ``on_chunk`` is called with each chunk's inputs before its
+    batches are yielded (``(S, n, ...)`` or ``(n, ...)``; :meth:`HandBackprop.prefetch`).
     """
     n = len(orders[0])
     per_run = max(1, CHUNK_EXAMPLES // (len(tasks) * batch_size)) * batch_size
@@ -480,6 +485,8 @@ def run_batches(
                 torch.index_select(task.train_y, 0, i, out=y[s])
         else:
             x, y = first_x[indices[0]], first_y[indices[0]]
+        if on_chunk is not None:
+            on_chunk(x)
         size = x.shape[dim]
         for i in range(0, size, batch_size):
             b = min(batch_size, size - i)
@@ -543,6 +550,9 @@ def train_tasks(
     test_sets: list[dict[int, tuple[Tensor, Tensor, Tensor | None]]] = [{} for _ in progresses]
     progress = progresses[0]  # task and step: the same in every run
     runs = torch.Size([learner.runs]) if batched else torch.Size()
+    # one example per step: the hand-written backward reads the input layer once per block
+    backprop = learner.backprop
+    prefetch = backprop.prefetch if backprop is not None and batch_size == 1 else None
     for t in range(progress["task"], num_tasks):
         tasks = [s.tasks[t] for s in learner.streams]
         mask = run_class_mask(tasks, stream.num_classes, batched)
@@ -560,7 +570,7 @@ def train_tasks(
         for _epoch in range(tc.epochs_per_task):
             orders = [torch.arange(n) if stream.online else torch.randperm(n, generator=g)
                       for g in order_gens]  # fmt: skip
-            for x, y in run_batches(tasks, orders, batch_size, batched):
+            for x, y in run_batches(tasks, orders, batch_size, batched, prefetch):
                 size = y.shape[-1] if batched else len(y)
                 for method in methods.values():
                     x, y = method.on_batch(x, y)
