@@ -524,7 +524,7 @@ def _permuted(
             perm = pixel_permutation(seed, t, num_pixels)
 
         def permute(x: Tensor) -> Tensor:
-            return x.flatten(1)[:, perm].reshape(x.shape)
+            return x.flatten(1).index_select(1, perm).reshape(x.shape)
 
         train_x, train_y = dataset.train_x, dataset.train_y
         if online:

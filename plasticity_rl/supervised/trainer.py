@@ -436,7 +436,7 @@ def loss_and_gradient(loss: str, output: Tensor, target: Tensor,
     losses = run_losses(LOSSES[loss], output, target, batched)
     grad = torch.softmax(output, -1)
     grad.scatter_add_(-1, target.unsqueeze(-1), torch.full_like(grad[..., :1], -1.0))
-    return losses, grad.div_(count)
+    return losses, grad if count == 1 else grad.div_(count)
 
 
 def run_losses(
@@ -578,10 +578,11 @@ def train_tasks(
                 for p in progresses:
                     p["step"] += 1
                 step = progress["step"]
-                loss_sum, loss_count = loss_sum + losses.detach(), loss_count + 1
+                loss_sum, loss_count = loss_sum.add_(losses.detach()), loss_count + 1
                 if stream.online:  # prediction made before this example's update
-                    predicted = logits[..., :size, :].argmax(-1)
-                    correct_online += predicted.eq(y[..., :size]).sum(-1)
+                    if logits.shape[-2] != size:  # the stream's examples, not those replayed
+                        logits, y = logits[..., :size, :], y[..., :size]
+                    correct_online += logits.argmax(-1).eq(y).sum(-1)
                     seen_online += size
                 if step % tc.log_every_steps == 0:
                     mean_losses = _per_run(loss_sum / loss_count)
