@@ -195,16 +195,44 @@ def test_regression_redo_and_shrink_and_perturb_batched_equal_single_runs(tmp_pa
     assert all(c["methods"]["redo"]["steps"] == 400 for c in states)
 
 
-def test_online_permuted_mnist_batched_equals_single_runs(tmp_path, mnist_dir):
-    cfg = config(
+def online_permuted_config(mnist_dir: Path, **train: Any) -> SupervisedRunConfig:
+    """CBP on Online Permuted MNIST with an input layer of 784 x 32 weights: wide enough for
+    the hand-written backward's deferred input-layer steps and their lookahead."""
+    return config(
         "online-permuted-mnist", "cbp", data_dir=str(mnist_dir),
         stream={"kwargs": {"num_tasks": 2}},
-        network={"hidden_sizes": [16, 16, 16]},
+        network={"hidden_sizes": [32, 16, 16]},
         method={"continual_backprop": OFTEN},
+        train=train,
     )  # fmt: skip
-    assert_same_runs(cfg, tmp_path)
+
+
+def test_online_permuted_mnist_batched_equals_single_runs(tmp_path, mnist_dir):
+    assert_same_runs(online_permuted_config(mnist_dir), tmp_path)
     replaced = logged_total(tmp_path / "batched1", "plasticity/net/hidden2/replacements")
     assert replaced > 100  # 0.05 * 16 units per step once mature, 600 steps
+
+
+def test_deferred_steps_with_lookahead_give_the_numbers_of_autograd(tmp_path, mnist_dir,
+                                                                     monkeypatch):  # fmt: skip
+    from plasticity_rl.nn.backprop import _DeferredSteps
+
+    blocks = []  # lookahead blocks started
+    start_block = _DeferredSteps._start_block
+    monkeypatch.setattr(
+        _DeferredSteps, "_start_block", lambda self: blocks.append(1) or start_block(self)
+    )
+    results, states = [], []
+    for hand in (True, False):
+        run_dir = tmp_path / f"hand{hand}"
+        run_dir.mkdir()
+        cfg = run_configs(online_permuted_config(mnist_dir, hand_backprop=hand), [1])[0]
+        results.append(train(cfg, run_dir, show_progress=False))
+        results[-1].pop("wall_seconds")
+        states.append(torch.load(run_dir / CHECKPOINT, weights_only=True))
+    assert len(blocks) > 600 / 32  # the lookahead ran, restarting after CBP's resets
+    assert_close_tree(results[0], results[1])
+    assert_close_tree(states[0]["model"], states[1]["model"])
 
 
 @pytest.mark.parametrize(
