@@ -22,7 +22,9 @@ def _net(activation: str, runs: int | None) -> nn.Module:
     return build_runs(build, [torch.Generator().manual_seed(s) for s in range(runs)])
 
 
-@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "leaky_relu", "identity"])
+@pytest.mark.parametrize(
+    "activation", ["relu", "tanh", "sigmoid", "leaky_relu", "elu", "swish", "identity"]
+)
 @pytest.mark.parametrize("runs", [None, 3])
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 def test_gradients_equal_autograd(activation: str, runs: int | None, loss: str):

@@ -89,6 +89,8 @@ ACTIVATION_BACKWARD: dict[type[nn.Module], ActivationBackward] = {
     nn.LeakyReLU: lambda g, z, h, m: torch.ops.aten.leaky_relu_backward(
         g, z, m.negative_slope, False
     ),
+    nn.ELU: lambda g, z, h, m: torch.ops.aten.elu_backward(g, m.alpha, 1, 1, False, z),
+    nn.SiLU: lambda g, z, h, m: torch.ops.aten.silu_backward(g, z),
 }
 """The derivative of each supported activation (exact type), with autograd's kernels."""
 
