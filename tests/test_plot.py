@@ -160,6 +160,7 @@ def test_final_values_and_lookup(tmp_path):
     assert final_value(run, {"results": "online_accuracy.-1"}) == 90.0
     assert final_value(run, {"results": "online_accuracy", "reduce": "max"}) == 90.0
     assert final_value(run, {"results": "online_accuracy", "reduce": "min", "last": 1}) == 90.0
+    assert final_value(run, {"results": "online_accuracy", "reduce": "max", "first": 1}) == 80.0
     with pytest.raises(ConfigError, match="table.reduce: got 'median'"):
         final_value(run, {"results": "online_accuracy", "reduce": "median"})
     assert final_value(run, {"results": "gap.t0.depth"}) == 3.0

@@ -230,8 +230,8 @@ def final_value(run: Run, column: Mapping[str, Any]) -> float | None:
     """One table column's number for one run.
 
     ``column`` has ``results: <dotted path>`` (into ``results.json``; a list is reduced by
-    ``reduce``, one of :data:`LIST_REDUCERS` (default ``mean``), over its ``last: N`` items (default
-    all), unless the path indexes it), or ``scalar: <tag>`` with ``last_fraction`` (default 0.1:
+    ``reduce``, one of :data:`LIST_REDUCERS` (default ``mean``), over its ``first: N`` or
+    ``last: N`` items (default all), unless the path indexes it), or ``scalar: <tag>`` with ``last_fraction`` (default 0.1:
     the mean of the values logged in the last 10% of the run's steps), or ``pruning:
     <fraction>`` (the average accuracy after pruning that fraction, from ``pruning.json``).
     """
@@ -241,7 +241,10 @@ def final_value(run: Run, column: Mapping[str, Any]) -> float | None:
             reduce = str(column.get("reduce", "mean"))
             require(reduce in LIST_REDUCERS, "table.reduce", reduce, sorted(LIST_REDUCERS))
             numbers = [v for v in value if isinstance(v, int | float)]
-            numbers = numbers[-int(column["last"]) :] if "last" in column else numbers
+            if "first" in column:
+                numbers = numbers[: int(column["first"])]
+            if "last" in column:
+                numbers = numbers[-int(column["last"]) :]
             value = float(LIST_REDUCERS[reduce](numbers)) if numbers else None
         return None if value is None else float(value)
     if "scalar" in column:
