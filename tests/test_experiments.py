@@ -15,10 +15,15 @@ import yaml
 from plasticity_rl.cli import resolve_run_config
 from plasticity_rl.config import REPO_ROOT
 from plasticity_rl.experiments.pruning import (
+    PRUNING_RESULTS,
+    layer_fractions,
     load_finished_network,
     magnitude_pruning_accuracy,
     prunable_weights,
+    prune_,
     prune_smallest_,
+    pruning_options,
+    pruning_results_match,
 )
 from plasticity_rl.experiments.report import FIGURE_KINDS
 from plasticity_rl.experiments.spec import (
@@ -195,6 +200,32 @@ def test_prune_smallest_by_hand():
     assert prune_smallest_([a, b], 1 / 6) == 1 and a.tolist() == [[1.0, -3.0], [0.0, 2.0]]
     with pytest.raises(ConfigError):
         prune_smallest_([a], 1.5)
+
+
+def test_prune_each_layer_by_hand():
+    a = torch.tensor([[1.0, -3.0], [0.5, 2.0]])  # a hidden layer
+    b = torch.tensor([[-0.1, 0.5, 4.0, -2.0]])  # the output layer
+    # scope layer, 75%: a loses its 3 smallest; b keeps twice a's share (2 of 4), loses 2
+    assert layer_fractions(2, 0.75, 2.0) == [0.75, 0.5]
+    assert prune_([a, b], 0.75, "layer", output_keep_factor=2.0) == 5
+    assert a.tolist() == [[0.0, -3.0], [0.0, 0.0]] and b.tolist() == [[0.0, 0.0, 4.0, -2.0]]
+    assert layer_fractions(3, 0.4, 2.0) == [0.4, 0.4, 0.0]  # the output layer keeps all
+    with pytest.raises(ConfigError, match="magnitude_pruning.scope"):
+        prune_([a], 0.5, "row")
+    with pytest.raises(ConfigError, match="magnitude_pruning.output_keep_factor"):
+        prune_([a], 0.5, "global", output_keep_factor=2.0)
+
+
+def test_pruning_results_are_redone_when_their_options_change(tmp_path):
+    options = {"fractions": [0.0, 0.5], "scope": "layer", "output_keep_factor": 2}
+    assert not pruning_results_match(tmp_path, options)  # no file yet
+    saved = {"fractions": [0.0, 0.5], "average_accuracy": [90.0, 80.0]}  # before scopes: global
+    (tmp_path / PRUNING_RESULTS).write_text(json.dumps(saved))
+    assert pruning_results_match(tmp_path, {"fractions": [0.0, 0.5]})
+    assert not pruning_results_match(tmp_path, options)
+    assert not pruning_results_match(tmp_path, {"fractions": [0.0, 0.9]})
+    with pytest.raises(ConfigError, match="magnitude_pruning: got 'fraction'"):
+        pruning_options({"fraction": [0.5]})
 
 
 def test_magnitude_pruning_of_a_finished_powerprop_run(tmp_path, mnist_dir):

@@ -1,10 +1,17 @@
 """Magnitude pruning of a finished supervised run (Schwarz et al. 2021, Powerpropagation, Fig. 2).
 
 The network is rebuilt from the run's ``config.yaml`` and loaded from
-``checkpoints/latest.pt`` (the state after the last task); for each fraction f the
-``round(f * N)`` weights of smallest |w| among all N weights of the network (every weight
-matrix and conv kernel, biases excluded; one global threshold across layers) are set to zero and
-the test accuracy of every task is measured, with each task's class mask as in training.
+``checkpoints/latest.pt`` (the state after the last task); for each fraction f the weights of
+smallest |w| are set to zero (every weight matrix and conv kernel, biases excluded) and the test
+accuracy of every task is measured, with each task's class mask as in training. Two scopes
+(:data:`PRUNING_SCOPES`):
+
+- ``global``: the ``round(f * N)`` smallest of all N weights, one threshold across layers;
+- ``layer``: each layer's own ``round(f_l * N_l)`` smallest, with f_l = f except for the output
+  layer, which keeps ``output_keep_factor`` times the share the others keep (at most all):
+  f_out = 1 - min(1, k (1 - f)). ``layer`` with k = 2 follows the MNIST notebook released with
+  Powerpropagation (Schwarz et al. 2021), as a public PyTorch re-implementation of it prunes.
+
 Reparametrised weights (Powerprop w = v |v|^(alpha - 1), weight norm) are pruned in their
 effective value w: the parametrizations are removed first, keeping w.
 """
@@ -12,7 +19,7 @@ effective value w: the parametrizations are removed first, keeping w.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +42,8 @@ from plasticity_rl.supervised.trainer import (
 
 PRUNING_RESULTS = "pruning.json"
 """Written into the run directory by :func:`write_pruning_results`."""
+PRUNING_SCOPES = ("global", "layer")
+"""Where the smallest weights are ranked: over the whole network, or in each layer."""
 
 
 def prunable_weights(model: nn.Module) -> list[torch.Tensor]:
@@ -62,6 +71,28 @@ def prune_smallest_(weights: Sequence[torch.Tensor], fraction: float) -> int:
     return count
 
 
+def layer_fractions(layers: int, fraction: float, output_keep_factor: float) -> list[float]:
+    """The fraction pruned in each of ``layers`` layers (the last one is the output layer) for
+    scope ``layer``: ``fraction`` in each, except f_out = 1 - min(1, k (1 - fraction))."""
+    require(output_keep_factor >= 1, "magnitude_pruning.output_keep_factor", output_keep_factor,
+            "a number >= 1")  # fmt: skip
+    output = 1.0 - min(1.0, output_keep_factor * (1.0 - fraction))
+    return [fraction] * (layers - 1) + [output]
+
+
+def prune_(weights: Sequence[torch.Tensor], fraction: float, scope: str = "global",
+           output_keep_factor: float = 1.0) -> int:  # fmt: skip
+    """Prune ``fraction`` of ``weights`` (in forward order) in ``scope`` (module docstring) in
+    place; returns how many weights were set to zero."""
+    require(scope in PRUNING_SCOPES, "magnitude_pruning.scope", scope, PRUNING_SCOPES)
+    if scope == "global":
+        require(output_keep_factor == 1, "magnitude_pruning.output_keep_factor",
+                output_keep_factor, "1 with scope global (it applies to scope layer)")  # fmt: skip
+        return prune_smallest_(weights, fraction)
+    fractions = layer_fractions(len(weights), fraction, output_keep_factor)
+    return sum(prune_smallest_([w], f) for w, f in zip(weights, fractions, strict=True))
+
+
 def load_finished_network(
     run_dir: Path, data_dir: str | None = None
 ) -> tuple[nn.Module, TaskStream]:
@@ -82,12 +113,17 @@ def load_finished_network(
 
 
 def magnitude_pruning_accuracy(
-    run_dir: Path, fractions: Sequence[float], data_dir: str | None = None
+    run_dir: Path,
+    fractions: Sequence[float],
+    data_dir: str | None = None,
+    scope: str = "global",
+    output_keep_factor: float = 1.0,
 ) -> dict[str, Any]:
     """Test accuracy (%) of every task after pruning each fraction of the smallest weights.
 
-    Returns ``{"fractions", "average_accuracy" (mean over tasks, one per fraction),
-    "accuracy_per_task" (one list per fraction), "pruned_weights", "total_weights"}``.
+    Returns ``{"fractions", "scope", "output_keep_factor", "average_accuracy" (mean over
+    tasks, one per fraction), "accuracy_per_task" (one list per fraction), "pruned_weights",
+    "total_weights"}``.
     """
     model, stream = load_finished_network(Path(run_dir), data_dir)
     weights = prunable_weights(model)
@@ -95,6 +131,8 @@ def magnitude_pruning_accuracy(
     tasks = [(t.test_x, t.test_y, class_mask(t, stream.num_classes)) for t in stream.tasks]
     result: dict[str, Any] = {
         "fractions": [float(f) for f in fractions],
+        "scope": scope,
+        "output_keep_factor": float(output_keep_factor),
         "average_accuracy": [],
         "accuracy_per_task": [],
         "pruned_weights": [],
@@ -104,17 +142,40 @@ def magnitude_pruning_accuracy(
         with torch.no_grad():
             for w, w0 in zip(weights, original, strict=True):
                 w.copy_(w0)
-        result["pruned_weights"].append(prune_smallest_(weights, float(fraction)))
+        result["pruned_weights"].append(
+            prune_(weights, float(fraction), scope, output_keep_factor))  # fmt: skip
         per_task = [accuracy(model, x, y, mask) for x, y, mask in tasks]
         result["accuracy_per_task"].append(per_task)
         result["average_accuracy"].append(sum(per_task) / len(per_task))
     return result
 
 
+def pruning_options(evaluate: Mapping[str, Any]) -> dict[str, Any]:
+    """An experiment's ``magnitude_pruning`` options with their defaults:
+    ``{fractions, scope, output_keep_factor}``; unknown keys raise ``ConfigError``."""
+    allowed = ("fractions", "scope", "output_keep_factor")
+    for key in evaluate:
+        require(key in allowed, "magnitude_pruning", key, allowed)
+    return {"fractions": [float(f) for f in evaluate["fractions"]],
+            "scope": str(evaluate.get("scope", "global")),
+            "output_keep_factor": float(evaluate.get("output_keep_factor", 1.0))}  # fmt: skip
+
+
+def pruning_results_match(run_dir: Path, evaluate: Mapping[str, Any]) -> bool:
+    """Whether ``<run_dir>/pruning.json`` exists and was made with these options."""
+    path = Path(run_dir) / PRUNING_RESULTS
+    if not path.is_file():
+        return False
+    saved = json.loads(path.read_text())
+    saved = {"scope": "global", "output_keep_factor": 1.0, **saved}  # files from before scopes
+    return all(saved[key] == value for key, value in pruning_options(evaluate).items())
+
+
 def write_pruning_results(
-    run_dir: Path, fractions: Sequence[float], data_dir: str | None = None
+    run_dir: Path, evaluate: Mapping[str, Any], data_dir: str | None = None
 ) -> dict[str, Any]:
-    """Run :func:`magnitude_pruning_accuracy` and write it to ``<run_dir>/pruning.json``."""
-    result = magnitude_pruning_accuracy(run_dir, fractions, data_dir)
+    """Run :func:`magnitude_pruning_accuracy` with the ``magnitude_pruning`` options
+    ``evaluate`` (:func:`pruning_options`) and write it to ``<run_dir>/pruning.json``."""
+    result = magnitude_pruning_accuracy(run_dir, data_dir=data_dir, **pruning_options(evaluate))
     (Path(run_dir) / PRUNING_RESULTS).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -231,9 +231,10 @@ def final_value(run: Run, column: Mapping[str, Any]) -> float | None:
 
     ``column`` has ``results: <dotted path>`` (into ``results.json``; a list is reduced by
     ``reduce``, one of :data:`LIST_REDUCERS` (default ``mean``), over its ``first: N`` or
-    ``last: N`` items (default all), unless the path indexes it), or ``scalar: <tag>`` with ``last_fraction`` (default 0.1:
-    the mean of the values logged in the last 10% of the run's steps), or ``pruning:
-    <fraction>`` (the average accuracy after pruning that fraction, from ``pruning.json``).
+    ``last: N`` items (default all), unless the path indexes it), or ``scalar: <tag>`` with
+    ``last_fraction`` (default 0.1: the mean of the values logged in the last 10% of the run's
+    steps), or ``pruning: <fraction>`` (the average accuracy after pruning that fraction, from
+    ``pruning.json``).
     """
     if "results" in column:
         value = lookup(run.results or {}, str(column["results"]))

@@ -133,11 +133,12 @@ def run_is_complete(run_dir: Path) -> bool:
 
 
 def evaluations_missing(run_dir: Path, evaluate: Mapping[str, Any]) -> bool:
-    """Whether any of the experiment's post-training evaluations has no output file yet."""
-    from plasticity_rl.experiments.pruning import PRUNING_RESULTS
+    """Whether any of the experiment's post-training evaluations has no output yet, or one
+    made with other options."""
+    from plasticity_rl.experiments.pruning import pruning_results_match
 
-    outputs = {"magnitude_pruning": PRUNING_RESULTS}
-    return any(not (run_dir / outputs[name]).is_file() for name in evaluate)
+    done = {"magnitude_pruning": pruning_results_match}
+    return any(not done[name](run_dir, options) for name, options in evaluate.items())
 
 
 def data_dir_for(dataset: str | None, data_dirs: Mapping[str | None, str]) -> str | None:
@@ -399,9 +400,8 @@ def _run_job(job: TrialJob) -> bool:
     if "magnitude_pruning" in job.evaluate:
         from plasticity_rl.experiments.pruning import write_pruning_results
 
-        fractions = job.evaluate["magnitude_pruning"]["fractions"]
         for run_dir in job.run_dirs:
-            write_pruning_results(run_dir, fractions, job.data_dir)
+            write_pruning_results(run_dir, job.evaluate["magnitude_pruning"], job.data_dir)
     return True
 
 

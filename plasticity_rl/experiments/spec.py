@@ -17,7 +17,8 @@ combination of grid levels and every seed. Keys (see ``experiments/README.md``):
 - ``scales``: ``{small: {...}, paper: {...}}``, each with ``budget`` (a sentence saying what
   the scale runs) and any of ``seeds``, ``set`` (appended to the top-level ``set``),
   ``agents``, ``grid``, ``evaluate`` (replacing the top-level value);
-- ``evaluate``: post-training evaluations (``magnitude_pruning: {fractions: [...]}``);
+- ``evaluate``: post-training evaluations (``magnitude_pruning: {fractions: [...], scope,
+  output_keep_factor}``, :mod:`plasticity_rl.experiments.pruning`);
 - ``plot``: figures and table columns for ``scripts/plot.py``;
 - ``published``: ``{source, notes, values: {setting: value or {column: value}}}``;
 - ``base``: another experiment preset this one starts from (merged like agent presets).
