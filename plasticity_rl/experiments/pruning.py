@@ -150,12 +150,15 @@ def magnitude_pruning_accuracy(
     return result
 
 
+PRUNING_OPTIONS = ("fractions", "scope", "output_keep_factor")
+"""The keys of an experiment's ``evaluate: magnitude_pruning`` mapping."""
+
+
 def pruning_options(evaluate: Mapping[str, Any]) -> dict[str, Any]:
     """An experiment's ``magnitude_pruning`` options with their defaults:
     ``{fractions, scope, output_keep_factor}``; unknown keys raise ``ConfigError``."""
-    allowed = ("fractions", "scope", "output_keep_factor")
     for key in evaluate:
-        require(key in allowed, "magnitude_pruning", key, allowed)
+        require(key in PRUNING_OPTIONS, "magnitude_pruning", key, PRUNING_OPTIONS)
     return {"fractions": [float(f) for f in evaluate["fractions"]],
             "scope": str(evaluate.get("scope", "global")),
             "output_keep_factor": float(evaluate.get("output_keep_factor", 1.0))}  # fmt: skip
@@ -166,9 +169,9 @@ def pruning_results_match(run_dir: Path, evaluate: Mapping[str, Any]) -> bool:
     path = Path(run_dir) / PRUNING_RESULTS
     if not path.is_file():
         return False
-    saved = json.loads(path.read_text())
-    saved = {"scope": "global", "output_keep_factor": 1.0, **saved}  # files from before scopes
-    return all(saved[key] == value for key, value in pruning_options(evaluate).items())
+    saved = json.loads(path.read_text())  # files from before scopes have the defaults
+    made_with = pruning_options({k: v for k, v in saved.items() if k in PRUNING_OPTIONS})
+    return made_with == pruning_options(evaluate)
 
 
 def write_pruning_results(
