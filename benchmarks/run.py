@@ -218,8 +218,12 @@ def report(rows: list[Row], budget: Budget, mode: str, wall: float, command: str
                                              for r in failed), ""]  # fmt: skip
     measured = [t for t in targets() if (t[0], t[1]) in done and (t[0], t[2]) in done]
     if measured:
-        lines += ["## Targets", "", "| case | variant | vs | measured | target | met |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["## Targets", ""]
+        if mode != "full":  # short lengths: per-length costs (metrics, checkpoints) weigh more
+            lines += ["Indicative only: the targets are judged on the full suite, whose longer "
+                      "steady-state lengths amortise the per-bin and per-task costs of every "
+                      "run that this mode's short lengths do not.", ""]  # fmt: skip
+        lines += ["| case | variant | vs | measured | target | met |", "|---|---|---|---|---|---|"]
         for case, variant, reference, minimum in measured:
             ratio = done[case, variant].rate / done[case, reference].rate
             lines.append(f"| {case} | {variant} | {reference} | {ratio:.1f}x | >= {minimum:g}x "
