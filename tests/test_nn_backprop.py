@@ -166,20 +166,33 @@ def _examples(runs: int | None, steps: int) -> list[tuple[torch.Tensor, torch.Te
             for _ in range(steps)]  # fmt: skip
 
 
+def _hand_steps(backprops: list[HandBackprop], x: torch.Tensor, y: torch.Tensor,
+                batched: bool) -> list[torch.Tensor]:  # fmt: skip
+    """One MSE training step of each hand-written backward on (x, y); their outputs."""
+    outputs = []
+    for backprop in backprops:
+        output, cache = backprop.forward(x)
+        backprop.backward(cache, loss_and_gradient("mse", output, y, batched)[1])
+        backprop.optimizer_step()
+        outputs.append(output)
+    return outputs
+
+
+def _deferred_and_immediate(runs: int | None, lr: float, defer_steps: int
+                            ) -> tuple[list[nn.Module], HandBackprop, HandBackprop]:  # fmt: skip
+    """Two identical wide networks with SGD: one deferring input-layer steps, one not."""
+    nets = [_wide_net(runs) for _ in range(2)]
+    optimizers = [torch.optim.SGD(net.parameters(), lr=lr) for net in nets]
+    return (nets, HandBackprop(nets[0], optimizers[0], defer_steps=defer_steps),
+            HandBackprop(nets[1], optimizers[1], defer_steps=1))  # fmt: skip
+
+
 @pytest.mark.parametrize("runs", [None, 3])
 def test_deferred_input_layer_steps_give_the_outputs_and_weights_of_immediate_ones(runs):
-    nets = [_wide_net(runs) for _ in range(2)]
-    optimizers = [torch.optim.SGD(net.parameters(), lr=0.05) for net in nets]
-    deferred = HandBackprop(nets[0], optimizers[0], defer_steps=4)
-    immediate = HandBackprop(nets[1], optimizers[1], defer_steps=1)
+    nets, deferred, immediate = _deferred_and_immediate(runs, lr=0.05, defer_steps=4)
     batched = runs is not None
     for step, (x, y) in enumerate(_examples(runs, 10)):
-        outputs = []
-        for backprop in (deferred, immediate):
-            output, cache = backprop.forward(x)
-            backprop.backward(cache, loss_and_gradient("mse", output, y, batched)[1])
-            backprop.optimizer_step()
-            outputs.append(output)
+        outputs = _hand_steps([deferred, immediate], x, y, batched)
         torch.testing.assert_close(outputs[0], outputs[1])  # W x + pending = the stepped W x
         pending = deferred._deferred.count
         assert pending == (step + 1) % 4  # applied every 4 steps
@@ -199,7 +212,7 @@ def test_state_dict_flushes_and_a_post_hook_turns_deferring_off():
     backprop = HandBackprop(net, optimizer, defer_steps=8)
     examples = _examples(3, 4)
     for x, y in examples[:2]:
-        _hand_step(backprop, x, y)
+        _hand_steps([backprop], x, y, True)
         _autograd_step(reference, reference_optimizer, x, y)
     assert backprop._deferred.count == 2
     torch.testing.assert_close(net.state_dict(), reference.state_dict())
@@ -208,16 +221,10 @@ def test_state_dict_flushes_and_a_post_hook_turns_deferring_off():
     optimizer.register_step_post_hook(lambda *_: seen.append(net.hidden[0].weight.clone()))
     reference_optimizer.register_step_post_hook(lambda *_: None)
     for x, y in examples[2:]:
-        _hand_step(backprop, x, y)
+        _hand_steps([backprop], x, y, True)
         _autograd_step(reference, reference_optimizer, x, y)
         assert backprop._deferred.count == 0
         torch.testing.assert_close(seen[-1], reference.hidden[0].weight)
-
-
-def _hand_step(backprop: HandBackprop, x: torch.Tensor, y: torch.Tensor) -> None:
-    output, cache = backprop.forward(x)
-    backprop.backward(cache, loss_and_gradient("mse", output, y, True)[1])
-    backprop.optimizer_step()
 
 
 def _autograd_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
@@ -227,23 +234,9 @@ def _autograd_step(net: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Te
     optimizer.step()
 
 
-def _step_both(backprops: list[HandBackprop], x: torch.Tensor, y: torch.Tensor,
-               batched: bool) -> list[torch.Tensor]:  # fmt: skip
-    outputs = []
-    for backprop in backprops:
-        output, cache = backprop.forward(x)
-        backprop.backward(cache, loss_and_gradient("mse", output, y, batched)[1])
-        backprop.optimizer_step()
-        outputs.append(output)
-    return outputs
-
-
 @pytest.mark.parametrize("runs", [None, 3])
 def test_lookahead_over_announced_inputs_gives_the_numbers_of_immediate_steps(runs):
-    nets = [_wide_net(runs) for _ in range(2)]
-    optimizers = [torch.optim.SGD(net.parameters(), lr=0.01) for net in nets]
-    lookahead = HandBackprop(nets[0], optimizers[0], defer_steps=4)
-    immediate = HandBackprop(nets[1], optimizers[1], defer_steps=1)
+    nets, lookahead, immediate = _deferred_and_immediate(runs, lr=0.01, defer_steps=4)
     batched = runs is not None
     examples = _examples(runs, 13)
     upcoming = torch.cat([x for x, _ in examples[:10]], dim=-2)  # (S, 10, 200) or (10, 200)
@@ -251,7 +244,7 @@ def test_lookahead_over_announced_inputs_gives_the_numbers_of_immediate_steps(ru
     for step, (x, y) in enumerate(examples):
         if step == 7:  # an input that was not announced ends the announcement
             x = x + 1.0
-        outputs = _step_both([lookahead, immediate], x, y, batched)
+        outputs = _hand_steps([lookahead, immediate], x, y, batched)
         torch.testing.assert_close(outputs[0], outputs[1])
         if step < 7:  # blocks of 4 announced rows: 4, then 4 cut short at row 7
             assert lookahead._deferred.upcoming is not None
@@ -262,14 +255,11 @@ def test_lookahead_over_announced_inputs_gives_the_numbers_of_immediate_steps(ru
 
 
 def test_lookahead_block_is_cut_at_the_end_of_the_announced_rows():
-    nets = [_wide_net(2) for _ in range(2)]
-    optimizers = [torch.optim.SGD(net.parameters(), lr=0.01) for net in nets]
-    lookahead = HandBackprop(nets[0], optimizers[0], defer_steps=4)
-    immediate = HandBackprop(nets[1], optimizers[1], defer_steps=1)
+    nets, lookahead, immediate = _deferred_and_immediate(2, lr=0.01, defer_steps=4)
     examples = _examples(2, 6)
     lookahead.prefetch(torch.cat([x for x, _ in examples], dim=1))  # blocks of 4 and 2
     for x, y in examples:
-        outputs = _step_both([lookahead, immediate], x, y, True)
+        outputs = _hand_steps([lookahead, immediate], x, y, True)
         torch.testing.assert_close(outputs[0], outputs[1])
     assert lookahead._deferred.count == 0  # the block of 2 was applied at its end
     torch.testing.assert_close(nets[0].hidden[0].weight, nets[1].hidden[0].weight)
@@ -296,7 +286,7 @@ def test_deferred_steps_stay_under_continual_backprop_and_resets_see_them(runs):
         outputs = []
         for backprop in (deferred, immediate):
             torch.manual_seed(step)  # the same fresh weights for both (plain layers)
-            outputs += _step_both([backprop], x, y, batched)
+            outputs += _hand_steps([backprop], x, y, batched)
         torch.testing.assert_close(outputs[0], outputs[1])
         pending.append(deferred._deferred.count)
     assert max(pending) > 1  # CBP's post-hook let steps stay pending
