@@ -36,15 +36,14 @@ from plasticity_rl.cli import (
 from plasticity_rl.registry import ConfigError
 from plasticity_rl.supervised.config import SupervisedRunConfig, validate
 from plasticity_rl.supervised.datasets import DatasetNotFound
-from plasticity_rl.supervised.trainer import (
+from plasticity_rl.supervised.learner import (
     build_batched_learner,
     build_learner,
     build_stream,
     group_config,
     run_configs,
-    train,
-    train_runs,
 )
+from plasticity_rl.supervised.trainer import train, train_runs
 
 
 def run_seeds(args: argparse.Namespace) -> list[int]:

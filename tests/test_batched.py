@@ -26,16 +26,12 @@ from plasticity_rl.nn import (
 )
 from plasticity_rl.optim.runs import make_run_optimizer
 from plasticity_rl.registry import ConfigError
+from plasticity_rl.supervised.checkpoint import CHECKPOINT
 from plasticity_rl.supervised.config import SupervisedRunConfig
+from plasticity_rl.supervised.learner import build_batched_learner, run_configs
+from plasticity_rl.supervised.steps import run_class_mask
 from plasticity_rl.supervised.streams import Task
-from plasticity_rl.supervised.trainer import (
-    CHECKPOINT,
-    build_batched_learner,
-    run_class_mask,
-    run_configs,
-    train,
-    train_runs,
-)
+from plasticity_rl.supervised.trainer import train, train_runs
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from train_supervised import main  # noqa: E402

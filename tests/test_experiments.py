@@ -35,8 +35,9 @@ from plasticity_rl.experiments.spec import (
     write_agent_preset,
 )
 from plasticity_rl.registry import ConfigError
+from plasticity_rl.supervised.learner import build_learner
+from plasticity_rl.supervised.steps import class_mask
 from plasticity_rl.supervised.streams import make_stream
-from plasticity_rl.supervised.trainer import build_learner, class_mask
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from train_supervised import main as train_supervised  # noqa: E402

@@ -9,7 +9,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from plasticity_rl.nn import build_mlp, build_runs
 from plasticity_rl.nn.backprop import HandBackprop
-from plasticity_rl.supervised.trainer import LOSSES, loss_and_gradient, run_losses
+from plasticity_rl.supervised.steps import LOSSES, loss_and_gradient, run_losses
 
 
 def _net(activation: str, runs: int | None) -> nn.Module:

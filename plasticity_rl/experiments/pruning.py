@@ -30,15 +30,12 @@ from torch.nn.utils import parametrize
 
 from plasticity_rl.config import resolve
 from plasticity_rl.registry import require
+from plasticity_rl.supervised.checkpoint import CHECKPOINT
 from plasticity_rl.supervised.config import SupervisedRunConfig
+from plasticity_rl.supervised.evaluation import accuracy
+from plasticity_rl.supervised.learner import build_network, build_stream
+from plasticity_rl.supervised.steps import class_mask
 from plasticity_rl.supervised.streams import TaskStream
-from plasticity_rl.supervised.trainer import (
-    CHECKPOINT,
-    accuracy,
-    build_network,
-    build_stream,
-    class_mask,
-)
 
 PRUNING_RESULTS = "pruning.json"
 """Written into the run directory by :func:`write_pruning_results`."""

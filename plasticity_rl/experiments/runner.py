@@ -283,7 +283,7 @@ def batching_refusal(cfg: Any, seeds: Sequence[int]) -> str | None:
     batched trial; None if they can.
 
     The trainer has no side-effect-free check, so this one builds the batched runs with
-    :func:`~plasticity_rl.supervised.trainer.build_batched_learner` on the meta device: its own
+    :func:`~plasticity_rl.supervised.learner.build_batched_learner` on the meta device: its own
     refusals (a CNN, SDM layers, Top-K's GABA switch, per-run lists
     for methods without them, ...) are the answer, and no network is allocated. Building the
     streams reads the dataset (``cfg.data_dir``); it is never downloaded here: a dataset that is
@@ -293,7 +293,7 @@ def batching_refusal(cfg: Any, seeds: Sequence[int]) -> str | None:
     import torch
 
     from plasticity_rl.supervised.datasets import DatasetFormatError, DatasetNotFound
-    from plasticity_rl.supervised.trainer import build_batched_learner
+    from plasticity_rl.supervised.learner import build_batched_learner
 
     if cfg.stream.dataset is not None:
         missing = _dataset_missing(cfg.stream.dataset, cfg.data_dir)

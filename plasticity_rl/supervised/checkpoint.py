@@ -1,0 +1,95 @@
+"""Checkpoints of supervised runs: one single-run file per run, also for batched runs.
+
+A checkpoint holds only tensors and plain data (network, optimiser, every method's state, the
+run's random state and its progress record) and is loaded with ``torch.load(weights_only=True)``.
+Each run of a batched group saves the single-run format, so it can be continued alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from plasticity_rl.methods import Method
+from plasticity_rl.nn import (
+    run_state_dict,
+    stack_run_state_dicts,
+)
+from plasticity_rl.optim.runs import (
+    load_run_optimizer_states,
+    run_optimizer_state_dict,
+)
+from plasticity_rl.registry import require
+from plasticity_rl.supervised.learner import Learner
+
+CHECKPOINT = Path("checkpoints") / "latest.pt"
+
+
+def run_checkpoint(learner: Learner, run: int, progress: dict[str, Any]) -> dict[str, Any]:
+    """Run ``run``'s training state in the single-run checkpoint format."""
+    model, optimizer = learner.model, learner.optimizer
+    # model.state_dict() applies deferred input-layer steps first (plasticity_rl.nn.backprop)
+    return {
+        "model": run_state_dict(model, run) if learner.batched else model.state_dict(),
+        "optimizer": run_optimizer_state_dict(optimizer, run)
+        if learner.batched
+        else optimizer.state_dict(),
+        "methods": {name: m.run_state_dict(run) for name, m in learner.methods.items()},
+        "rng": {"torch": learner.rng_state(run)},
+        "progress": progress,
+    }
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomically write a training state; loadable with ``torch.load(weights_only=True)``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    methods: dict[str, Method]) -> dict[str, Any]:  # fmt: skip
+    """Restore a (single-run) checkpoint into a single run; returns the progress record.
+
+    Each run of a batched run saves this format too, so it can be continued as a single run.
+    """
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    for name, method in methods.items():
+        method.load_state_dict(state["methods"][name])
+    torch.set_rng_state(state["rng"]["torch"])
+    return state["progress"]
+
+
+def load_run_checkpoints(learner: Learner, paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Restore batched runs from their single-run checkpoints (run s from ``paths[s]``):
+    network, optimiser, method states and random generators; returns each run's progress.
+
+    Raises:
+        ConfigError: the checkpoints are not at the same step (one batched group saves all
+            its runs at the same task boundary).
+    """
+    states = [torch.load(path, weights_only=True) for path in paths]
+    steps = [state["progress"]["step"] for state in states]
+    dirs = [str(path.parent.parent) for path in paths]
+    allowed = f"runs checkpointed at one step (got steps {steps}); resume them one by one"
+    require(steps == [steps[0]] * len(steps), "--resume", dirs, allowed)
+    model = learner.model
+    model.load_state_dict(stack_run_state_dicts(model, [state["model"] for state in states]))
+    load_run_optimizer_states(learner.optimizer, [state["optimizer"] for state in states])
+    for name, method in learner.methods.items():
+        method.load_run_state_dicts([state["methods"][name] for state in states])
+    for generator, state in zip(learner.generators or [], states, strict=True):
+        generator.set_state(state["rng"]["torch"])
+    return [state["progress"] for state in states]
+
+
+def save_all(learner: Learner, run_dirs: Sequence[Path], progresses: list[dict]) -> None:
+    for run, (run_dir, progress) in enumerate(zip(run_dirs, progresses, strict=True)):
+        save_checkpoint(run_dir / CHECKPOINT, run_checkpoint(learner, run, progress))

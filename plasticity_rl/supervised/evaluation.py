@@ -1,0 +1,131 @@
+"""Evaluation of supervised runs: test accuracy, continual evaluation, plasticity, results.
+
+TensorBoard tags: ``cl/accuracy/task<j>``, ``cl/eval/task<j>``, ``cl/average_accuracy_seen``,
+``plasticity/net/<layer>/<metric>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.tensorboard import SummaryWriter
+
+from plasticity_rl.methods import Method
+from plasticity_rl.metrics import collect_activations, layer_health, weight_magnitude
+from plasticity_rl.metrics.continual import (
+    average_accuracy,
+    average_forgetting,
+    backward_transfer,
+    forgetting,
+    stability_gap,
+)
+from plasticity_rl.supervised.steps import class_mask
+from plasticity_rl.supervised.streams import TaskStream
+
+EVAL_BATCH = 4096
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None) -> float:
+    """Accuracy in % of ``model`` on (x, y), evaluated in eval mode in batches."""
+    if len(y) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for i in range(0, len(y), EVAL_BATCH):
+        logits = model(x[i : i + EVAL_BATCH])
+        if mask is not None:
+            logits = logits + mask
+        correct += int((logits.argmax(dim=1) == y[i : i + EVAL_BATCH]).sum())
+    model.train(was_training)
+    return 100.0 * correct / len(y)
+
+
+def log_plasticity(writer: SummaryWriter, model: nn.Module, probe: Tensor, step: int) -> dict:
+    """``plasticity/net/<layer>/<metric>`` and ``plasticity/net/weight_magnitude`` at ``step``."""
+    values: dict[str, float] = {"weight_magnitude": weight_magnitude(model)}
+    for layer, h in collect_activations(model, probe).items():
+        for metric, value in layer_health(h).items():
+            values[f"{layer}/{metric}"] = value
+    for key, value in values.items():
+        writer.add_scalar(f"plasticity/net/{key}", value, step)
+    return values
+
+
+def log_method_stats(writers: Sequence[SummaryWriter], methods: dict[str, Method],
+                     step: int) -> None:  # fmt: skip
+    """Each run's method counters (:meth:`Method.run_stats`) to that run's writer."""
+    for method in methods.values():
+        for writer, stats in zip(writers, method.run_stats(len(writers)), strict=True):
+            for key, value in stats.items():
+                writer.add_scalar(f"plasticity/net/{key}", value, step)
+
+
+def task_end_evaluation(stream: TaskStream, model: nn.Module, methods: dict[str, Method],
+                         t: int, test_sets: dict[int, tuple[Tensor, Tensor, Tensor | None]],
+                         writer: SummaryWriter, progress: dict[str, Any]) -> None:  # fmt: skip
+    """Task-end hooks of the methods, then the row of the accuracy matrix after task ``t``."""
+    task = stream.tasks[t]
+    for method in methods.values():
+        method.on_task_end(task, model)
+    row = [accuracy(model, *test_set(stream, j, test_sets)) for j in range(len(stream.tasks))]
+    progress["accuracy_matrix"].append(row)
+    for j, value in enumerate(row[: t + 1]):
+        writer.add_scalar(f"cl/accuracy/task{j}", value, progress["step"])
+    writer.add_scalar("cl/average_accuracy_seen", float(np.mean(row[: t + 1])), progress["step"])
+
+
+def test_set(
+    stream: TaskStream, j: int, cache: dict[int, tuple[Tensor, Tensor, Tensor | None]]
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Task ``j``'s test inputs, labels and class mask, built once (tasks are built lazily)."""
+    if j not in cache:
+        task = stream.tasks[j]
+        cache[j] = (task.test_x, task.test_y, class_mask(task, stream.num_classes))
+    return cache[j]
+
+
+def continual_eval(stream: TaskStream, model: nn.Module, current: int,
+                   cache: dict[int, tuple[Tensor, Tensor, Tensor | None]], tc: Any,
+                   writer: SummaryWriter, step: int, progress: dict[str, Any]) -> None:  # fmt: skip
+    """Accuracy on a fixed test subset of every task seen so far (De Lange et al. 2023),
+    with the current task's class mask (the output units the learner has at this point)."""
+    mask = test_set(stream, current, cache)[2]
+    n = tc.eval_examples_per_task
+    for j in range(current + 1):
+        x, y, _ = test_set(stream, j, cache)
+        value = accuracy(model, x[:n], y[:n], mask)
+        progress["curves"].setdefault(str(j), []).append([step, value])
+        writer.add_scalar(f"cl/eval/task{j}", value, step)
+
+
+def classification_results(stream: TaskStream, progress: dict[str, Any], tc: Any) -> dict:
+    """Final numbers: accuracy matrix, average accuracy, forgetting, BWT, stability gaps."""
+    results: dict[str, Any] = {"task_end_steps": progress["task_end_steps"]}
+    if stream.online:
+        results["online_accuracy"] = progress["online_accuracy"]
+        return results
+    matrix = torch.tensor(progress["accuracy_matrix"])
+    results.update(
+        accuracy_matrix=progress["accuracy_matrix"],
+        average_accuracy=average_accuracy(matrix),
+        forgetting=forgetting(matrix),
+        average_forgetting=average_forgetting(matrix),
+        backward_transfer=backward_transfer(matrix),
+    )
+    if progress["curves"]:
+        ends = progress["task_end_steps"]
+        gaps = {}
+        for j, curve in progress["curves"].items():
+            steps, values = zip(*curve, strict=True)
+            for t in range(int(j) + 1, len(ends)):
+                switch, length = ends[t - 1], ends[t] - ends[t - 1]
+                gap = stability_gap(list(steps), list(values), switch, length)
+                gaps[f"task{j}_during_task{t}"] = gap
+        results["stability_gap"] = gaps
+    return results
