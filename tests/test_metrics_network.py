@@ -9,6 +9,7 @@ from torch import nn
 from plasticity_rl.metrics import (
     WeightChangeMonitor,
     activation_sparsity,
+    approximate_rank,
     collect_activations,
     dead_fraction,
     dormancy_scores,
@@ -57,6 +58,23 @@ def test_rank_metrics_on_known_singular_values(dtype):
 )
 def test_srank_thresholds(threshold, expected):
     assert srank(with_singular_values(SIGMA), threshold) == expected
+
+
+@pytest.mark.parametrize(
+    "threshold, expected",
+    # squared sigma [16, 4, 1, 1] / 22: shares [0.727, 0.909, 0.955, 1.0]
+    [(0.7, 1), (0.8, 2), (0.9, 2), (0.95, 3), (0.99, 4), (1.0, 4)],
+)
+def test_approximate_rank_counts_squared_singular_values(threshold, expected):
+    h = with_singular_values(SIGMA)
+    assert approximate_rank(h, threshold) == expected
+    assert approximate_rank(h, threshold) <= srank(h, threshold)  # 2 < 4 at 0.9
+
+
+def test_approximate_rank_of_zero_matrix_and_bad_threshold():
+    assert approximate_rank(torch.zeros(5, 3)) == 0
+    with pytest.raises(ConfigError, match="approximate_rank.threshold"):
+        approximate_rank(torch.ones(2, 2), 1.5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -151,6 +169,7 @@ def test_layer_health_keys_and_values():
         "dormant_ratio",
         "effective_rank",
         "srank99",
+        "approximate_rank",
         "stable_rank",
         "activation_sparsity",
     ]
@@ -158,6 +177,7 @@ def test_layer_health_keys_and_values():
     assert health["dormant_ratio"] == pytest.approx(0.5)
     assert health["effective_rank"] == pytest.approx(effective_rank(DORMANCY_H))
     assert health["srank99"] == srank(DORMANCY_H, 0.99)
+    assert health["approximate_rank"] == approximate_rank(DORMANCY_H, 0.99)
     assert health["stable_rank"] == pytest.approx(stable_rank(DORMANCY_H))
     assert health["activation_sparsity"] == pytest.approx(0.25)
 
@@ -329,5 +349,6 @@ def test_collect_activations_rejects_layers_run_twice_or_never():
 def test_layer_health_of_a_diverged_layer_reports_nan_ranks():
     h = torch.tensor([[1.0, float("nan")], [0.0, 2.0]])
     health = layer_health(h)
-    assert all(math.isnan(health[k]) for k in ("effective_rank", "srank99", "stable_rank"))
+    ranks = ("effective_rank", "srank99", "approximate_rank", "stable_rank")
+    assert all(math.isnan(health[k]) for k in ranks)
     assert health["activation_sparsity"] == 0.25  # one exact zero of four entries

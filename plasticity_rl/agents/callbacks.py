@@ -3,8 +3,9 @@
 TensorBoard tags (all against env steps, SB3's ``num_timesteps``):
 
 - ``plasticity/<net>/<layer>/<metric>``: ``dead_fraction``, ``dormant_ratio``,
-  ``effective_rank``, ``srank99``, ``stable_rank``, ``activation_sparsity`` of each hidden layer
-  on a probe batch of observations from the latest rollout (``<net>`` is ``pi`` or ``vf``);
+  ``effective_rank``, ``srank99``, ``approximate_rank``, ``stable_rank``,
+  ``activation_sparsity`` of each hidden layer on a probe batch of observations from the latest
+  rollout (``<net>`` is ``pi`` or ``vf``);
 - ``plasticity/<net>/weight_magnitude`` (mean |w|) and ``plasticity/<net>/max_weight_change``
   (the largest sum |delta w| of one optimiser step since the previous log);
 - ``plasticity/<net>/<layer>/<counter>``: what the interventions did since the previous log

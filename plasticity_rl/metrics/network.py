@@ -123,6 +123,20 @@ def srank(h: Tensor, threshold: float = 0.99) -> int:
     return _srank_of(_singular_values(h), threshold)
 
 
+def approximate_rank(h: Tensor, threshold: float = 0.99) -> int:
+    """Smallest k with (sum_{i<=k} sigma_i^2) / (sum_i sigma_i^2) >= threshold, sigma descending.
+
+    The approximate rank of Yang et al. 2020 (Harnessing structures for value-based planning and
+    reinforcement learning): the number of principal directions holding ``threshold`` of the
+    squared singular values (the variance), as Dohare et al. 2024 save it
+    (``compute_approximate_rank`` of their code). :func:`srank` is the same count on the singular
+    values themselves, so it is never smaller. Same round-off slack as :func:`srank`; an all-zero
+    (or empty) matrix gives 0.
+    """
+    require(0 < threshold <= 1, "approximate_rank.threshold", threshold, "a number in (0, 1]")
+    return _srank_of(_singular_values(h).square(), threshold)
+
+
 def stable_rank(h: Tensor) -> float:
     """Classic stable rank ||h||_F^2 / ||h||_2^2 = sum_i sigma_i^2 / sigma_max^2.
 
@@ -140,7 +154,8 @@ def layer_health(h: Tensor, dormant_tau: float = 0.1) -> dict[str, float]:
     """All activation metrics of one layer (one SVD shared by the three rank metrics).
 
     Keys: ``dead_fraction``, ``dormant_ratio`` (at ``dormant_tau``), ``effective_rank``,
-    ``srank99`` (:func:`srank` at 0.99), ``stable_rank``, ``activation_sparsity``.
+    ``srank99`` (:func:`srank` at 0.99), ``approximate_rank`` (:func:`approximate_rank` at
+    0.99), ``stable_rank``, ``activation_sparsity``.
     Activations of a diverged network (inf or NaN) give NaN rank metrics instead of an error,
     so a run that blows up is still logged.
     """
@@ -152,6 +167,7 @@ def layer_health(h: Tensor, dormant_tau: float = 0.1) -> dict[str, float]:
         "dormant_ratio": dormant_ratio(h, dormant_tau),
         "effective_rank": _effective_rank_of(sigma) if finite else nan,
         "srank99": float(_srank_of(sigma, 0.99)) if finite else nan,
+        "approximate_rank": float(_srank_of(sigma.square(), 0.99)) if finite else nan,
         "stable_rank": _stable_rank_of(sigma) if finite else nan,
         "activation_sparsity": activation_sparsity(h),
     }
