@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from plasticity_rl.config import REPO_ROOT, load_preset, preset_names
+from plasticity_rl.config import REPO_ROOT, load_preset, preset_names, resolve
+from plasticity_rl.metrics import collect_activations, layer_health
+from plasticity_rl.supervised.config import SupervisedRunConfig
+from plasticity_rl.supervised.learner import build_learner, build_stream
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from train_supervised import main  # noqa: E402
@@ -60,6 +64,40 @@ def test_each_supervised_preset_runs_end_to_end(agent, tmp_path, mnist_dir):
         assert matrix.shape == (5, 5)
         assert results["average_accuracy"] == pytest.approx(matrix[-1].mean().item())
         assert {"cl/accuracy/task0", "cl/average_accuracy", "cl/train_loss"} <= names
+
+
+def test_online_plasticity_is_measured_before_each_task_on_its_first_examples(tmp_path, mnist_dir):
+    # Dohare et al.'s Online Permuted MNIST code probes the network before each task, on the
+    # first 2,000 examples of that task (here 50); other streams probe after each task.
+    results = run(tmp_path, "r", *stream_for("bp", {"mnist": mnist_dir}), "--agent", "bp")
+    entries, n = results["plasticity"], results["task_end_steps"][0]
+    assert [(e["task"], e["timing"], e["step"]) for e in entries] == [
+        (0, "before_task", 0),
+        (1, "before_task", n),
+    ]
+    assert entries[1]["probe"] == "the first 50 training examples of task 1, before training on it"
+    assert results["final_plasticity"] == entries[1]
+    # the first entry is the untrained network on the first 50 examples of task 0
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    cfg = resolve(SupervisedRunConfig, saved)
+    stream = build_stream(cfg)
+    model = build_learner(cfg, stream)[0]
+    activations = collect_activations(model, stream.tasks[0].train_x[:50])
+    for layer, h in activations.items():
+        for metric, value in layer_health(h).items():
+            assert entries[0]["metrics"][f"{layer}/{metric}"] == pytest.approx(value)
+    events = EventAccumulator(str(tmp_path / "r"))
+    events.Reload()
+    probe_tasks = [(e.step, e.value) for e in events.Scalars("plasticity/net/probe_task")]
+    assert probe_tasks == [(0, 0.0), (n, 1.0)]
+
+
+def test_task_streams_measure_plasticity_after_each_task(tmp_path, mnist_dir):
+    results = run(tmp_path, "r", "--env", "split-mnist", "--data-dir", str(mnist_dir), "--agent",
+                  "relu-adam", *sets(["stream.kwargs.classes_per_task=5"]))  # fmt: skip
+    entries = results["plasticity"]
+    assert [(e["task"], e["timing"]) for e in entries] == [(0, "after_task"), (1, "after_task")]
+    assert [e["step"] for e in entries] == results["task_end_steps"]
 
 
 @pytest.mark.parametrize("env", ["split-mnist", "slowly-changing-regression"])

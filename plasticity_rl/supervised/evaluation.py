@@ -1,7 +1,8 @@
 """Evaluation of supervised runs: test accuracy, continual evaluation, plasticity, results.
 
 TensorBoard tags: ``cl/accuracy/task<j>``, ``cl/eval/task<j>``, ``cl/average_accuracy_seen``,
-``plasticity/net/<layer>/<metric>``.
+``plasticity/net/<layer>/<metric>`` and ``plasticity/net/probe_task`` (the task whose examples
+the metrics were measured on, see :data:`PROBE_TIMINGS`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,38 @@ def log_plasticity(writer: SummaryWriter, model: nn.Module, probe: Tensor, step:
     for key, value in values.items():
         writer.add_scalar(f"plasticity/net/{key}", value, step)
     return values
+
+
+PROBE_TIMINGS = {
+    "before_task": "the first {size} training examples of task {task}, before training on it",
+    "after_task": "{size} random training examples of task {task}, after training on it",
+}
+"""When and on what the supervised loops measure the plasticity metrics: online streams before
+each task on the examples the learner is about to see (Dohare et al. 2024's Online Permuted
+MNIST code), the other task streams after each task on the task just learned."""
+
+
+def record_plasticity(writer: SummaryWriter, model: nn.Module, probe: Tensor,
+                      progress: dict[str, Any], task: int, timing: str) -> None:  # fmt: skip
+    """Log the plasticity metrics on ``probe`` at the run's current step and keep them.
+
+    Appends ``{"task", "timing", "probe", "step", "metrics"}`` to ``progress["plasticity"]``
+    (``timing`` a key of :data:`PROBE_TIMINGS`, ``probe`` its sentence) and logs
+    ``plasticity/net/probe_task`` = ``task`` at the same step, so both results.json and
+    TensorBoard say which task the probe came from.
+    """
+    step = progress["step"]
+    metrics = log_plasticity(writer, model, probe, step)
+    writer.add_scalar("plasticity/net/probe_task", task, step)
+    progress["plasticity"].append(
+        {
+            "task": task,
+            "timing": timing,
+            "probe": PROBE_TIMINGS[timing].format(size=len(probe), task=task),
+            "step": step,
+            "metrics": metrics,
+        }
+    )
 
 
 def log_method_stats(writers: Sequence[SummaryWriter], methods: dict[str, Method],

@@ -2,10 +2,12 @@
 
 Read top to bottom: for each task, train on its batches (methods act through their hooks;
 task-aware methods also see ``on_batch`` and ``on_task_end``), evaluate every task, log
-plasticity metrics on a probe of the finished task, and checkpoint. Classification streams fill
-the accuracy matrix; online streams (Online Permuted MNIST) report online accuracy per task; the
-slowly-changing regression reports its squared error in bins. TensorBoard tags are ``cl/...``
-and ``plasticity/net/<layer>/...``, against optimiser steps (= examples for the online streams).
+plasticity metrics on a probe (online streams: before each task, on its first examples, as
+Dohare et al.'s code; other streams: after each task, on the finished task), and checkpoint.
+Classification streams fill the accuracy matrix; online streams (Online Permuted MNIST) report
+online accuracy per task; the slowly-changing regression reports its squared error in bins.
+TensorBoard tags are ``cl/...`` and ``plasticity/net/<layer>/...``, against optimiser steps (=
+examples for the online streams).
 
 The pieces live beside this file: building the learner (:mod:`.learner`), one training step and
 its batches (:mod:`.steps`), evaluation and results (:mod:`.evaluation`), checkpoints
@@ -50,6 +52,7 @@ from plasticity_rl.supervised.evaluation import (
     continual_eval,
     log_method_stats,
     log_plasticity,
+    record_plasticity,
     task_end_evaluation,
 )
 from plasticity_rl.supervised.learner import (
@@ -98,6 +101,10 @@ def train_tasks(
         require(sizes == [n] * len(tasks), f"task {t} training examples", sizes,
                 "the same number in every batched run")  # fmt: skip
         order_gens = [task_order_generator(cfg.seed, t) for cfg in learner.cfgs]
+        if stream.online:  # Dohare et al.: before the task, on the examples it starts with
+            for run, (writer, p) in enumerate(zip(writers, progresses, strict=True)):
+                probe = tasks[run].train_x[: tc.probe_size]
+                record_plasticity(writer, learner.run_model(run), probe, p, t, "before_task")
         correct_online, seen_online = torch.zeros(runs, dtype=torch.long), 0
         loss_sum, loss_count = torch.zeros(runs), 0
         steps_in_task = tc.epochs_per_task * math.ceil(n / batch_size)
@@ -141,13 +148,13 @@ def train_tasks(
                 p["online_accuracy"].append(value)
                 writer.add_scalar("cl/online_accuracy", value, p["step"])
         for run, (writer, p) in enumerate(zip(writers, progresses, strict=True)):
-            run_net = learner.run_model(run)
             if not stream.online:
+                run_net = learner.run_model(run)
                 task_end_evaluation(learner.streams[run], run_net, methods, t, test_sets[run],
                                      writer, p)  # fmt: skip
-            probe_idx = torch.randperm(n, generator=order_gens[run])[: tc.probe_size]
-            health = log_plasticity(writer, run_net, tasks[run].train_x[probe_idx], p["step"])
-            p["plasticity"].append(health)
+                probe_idx = torch.randperm(n, generator=order_gens[run])[: tc.probe_size]
+                record_plasticity(writer, run_net, tasks[run].train_x[probe_idx], p, t,
+                                  "after_task")  # fmt: skip
             p["task_end_steps"].append(p["step"])
             p["task"] = t + 1
         del tasks
@@ -295,6 +302,7 @@ def _train(learner: Learner, run_dirs: list[Path], progresses: list[dict[str, An
             stream=getattr(learner.streams[run], "description", {}),
             steps=progress["step"],
             wall_seconds=wall_seconds,
+            plasticity=progress["plasticity"],
             final_plasticity=progress["plasticity"][-1] if progress["plasticity"] else {},
             diverged_at_step=progress.get("diverged_at_step"),
         )
