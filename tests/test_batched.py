@@ -88,7 +88,7 @@ def assert_close_tree(a: Any, b: Any, path: str = "") -> None:
         else:
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=path)
     elif isinstance(a, float):
-        assert a == pytest.approx(b, rel=1e-4, abs=1e-5), path
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-5, nan_ok=True), path
     else:
         assert a == b, path
 
