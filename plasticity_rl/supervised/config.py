@@ -47,7 +47,9 @@ class TrainConfig:
     eval_examples_per_task: int = 1000
     """Size of the fixed test subset per task used by continual evaluation."""
     probe_size: int = 2000
-    """Training examples of the finished task used for the plasticity metrics at each switch."""
+    """Training examples probed for the plasticity metrics at each task switch: online streams
+    the first ones of the coming task, before it (Dohare et al.), other streams random ones of
+    the finished task."""
     log_every_steps: int = 100
     """Training loss (and online accuracy) logged every this many optimiser steps."""
     stop_after_tasks: int | None = None
