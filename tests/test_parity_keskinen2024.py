@@ -157,3 +157,13 @@ def test_five_training_steps_match_the_reference(name: str) -> None:
     # forward, backward and update stays within 1e-7 of the updates.
     torch.testing.assert_close(w1, final["w1"], rtol=0, atol=1e-7)
     torch.testing.assert_close(w2, final["w2"], rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "name", ["keskinen2024-split-mnist", "keskinen2024-permuted-mnist-plasticity"]
+)
+def test_experiments_standardise_the_inputs_as_the_reference(name: str) -> None:
+    # The reference feeds (x / 255 - 0.1307) / 0.3081: MNIST's training mean and std, which
+    # stream.kwargs.normalize=true computes from the training split.
+    preset = yaml.safe_load((REPO_ROOT / "experiments" / f"{name}.yaml").read_text())
+    assert "stream.kwargs.normalize=true" in preset["set"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -79,11 +80,12 @@ def report(reference: dict, project: dict) -> str:
         f"- Reference: {prov['repository']} at commit `{prov['commit']}`, `{prov['file']}`,",
         f"  function `{prov['function']}`. {prov['how']}",
         f"- Reference settings: {prov['settings']}",
-        f"- Project: `python benchmarks/parity/keskinen2024.py --data-dir DIR --seeds "
-        f"{project['seeds']}` (this project's presets, seeds 0..{project['seeds'] - 1}, "
-        f"batched); wall time per setting: "
-        + ", ".join(f"{k} {v / 60:.1f} min" for k, v in project["wall_seconds"].items())
-        + ".",
+        "- Project: this project's presets, seeds 0..n-1 of a setting trained as one batched "
+        "network, on this 2-core machine shared with other jobs (wall times are not speeds):",
+        *[
+            f"  `{project['commands'][name]}` ({name}: {minutes:.0f} min)"
+            for name, minutes in ((n, project["wall_seconds"][n] / 60) for n in project["settings"])
+        ],
         "",
         "What the reference code does beyond the presets (checked in its source):",
         "",
@@ -121,9 +123,8 @@ def main() -> None:
     if args.report:
         (RESULTS / "keskinen2024.md").write_text(report(reference, project))
         return
-    project.update(seeds=args.seeds)
-    project.setdefault("settings", {})
-    project.setdefault("wall_seconds", {})
+    for key in ("settings", "wall_seconds", "commands"):
+        project.setdefault(key, {})
     seeds = list(range(args.seeds))
     for name in args.only:
         cfg = config(name, args.data_dir)
@@ -144,6 +145,9 @@ def main() -> None:
             for seed, r in zip(seeds, results, strict=True)
         }
         project["wall_seconds"][name] = seconds
+        project["commands"][name] = "python benchmarks/parity/keskinen2024.py " + " ".join(
+            sys.argv[1:]
+        )
         out.write_text(json.dumps(project, indent=1) + "\n")
         text = report(reference, project)
         (RESULTS / "keskinen2024.md").write_text(text)
