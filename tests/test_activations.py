@@ -47,6 +47,10 @@ def test_extra_repr_shows_settings() -> None:
     assert repr(make_activation(spec)) == (
         "TopK(k=2, mode=subtract, k_max=4, anneal_steps=10, gaba_switch_T=5)"
     )
+    spec = {"name": "topk", "k": 2, "clip_max": 2.0, "threshold_grad": True}
+    assert (
+        repr(make_activation(spec)) == "TopK(k=2, mode=subtract, clip_max=2, threshold_grad=True)"
+    )
     assert repr(make_activation("hard_ash")) == "HardASH(alpha=3, z_k=2.3, x_max=2)"
     assert repr(make_activation("ash")) == "ASH(alpha=3, z_k=2.3)"
     assert repr(make_activation({"name": "lwta", "groups": 4})) == "LWTA(groups=4)"
@@ -61,14 +65,16 @@ def test_extra_repr_shows_settings() -> None:
         # x = [3, 1, 2, 0.5]; sorted: 3 > 2 > 1 > 0.5.
         # k = 2 mask: x_(2) = 2, keep x >= 2 -> [3, 0, 2, 0].
         ([3, 1, 2, 0.5], 2, "mask", [3, 0, 2, 0]),
-        # k = 2 subtract: x_(3) = 1, relu(x - 1) = [2, 0, 1, 0] (exactly 2 active).
-        ([3, 1, 2, 0.5], 2, "subtract", [2, 0, 1, 0]),
-        # k = 1 subtract: x_(2) = 2, relu(x - 2) = [1, 0, 0, 0] (one active unit, not none).
-        ([3, 1, 2, 0.5], 1, "subtract", [1, 0, 0, 0]),
+        # k = 2 subtract: x_(2) = 2, relu(x - 2) = [1, 0, 0, 0] (k - 1 = 1 active).
+        ([3, 1, 2, 0.5], 2, "subtract", [1, 0, 0, 0]),
+        # k = 3 subtract: x_(3) = 1, relu(x - 1) = [2, 0, 1, 0].
+        ([3, 1, 2, 0.5], 3, "subtract", [2, 0, 1, 0]),
+        # k = 1 subtract: x_(1) = 3, relu(x - 3) = 0 everywhere (no active unit).
+        ([3, 1, 2, 0.5], 1, "subtract", [0, 0, 0, 0]),
         # k = 1 mask: x_(1) = 3 -> [3, 0, 0, 0].
         ([3, 1, 2, 0.5], 1, "mask", [3, 0, 0, 0]),
-        # k = width subtract: threshold 0 -> relu(x) = [3, 0, 2, 0.5].
-        ([3, -1, 2, 0.5], 4, "subtract", [3, 0, 2, 0.5]),
+        # k = width subtract: x_(4) = -1 -> relu(x + 1) = [4, 0, 3, 1.5].
+        ([3, -1, 2, 0.5], 4, "subtract", [4, 0, 3, 1.5]),
         # k = width mask: x_(4) = -1, everything kept.
         ([3, -1, 2, 0.5], 4, "mask", [3, -1, 2, 0.5]),
         # Ties at x_(k), k = 2, x = [3, 2, 2, 1]: x_(2) = x_(3) = 2.
@@ -77,7 +83,7 @@ def test_extra_repr_shows_settings() -> None:
         # subtract: relu(x - 2) = [1, 0, 0, 0] (tied units sit at the threshold -> 0).
         ([3, 2, 2, 1], 2, "subtract", [1, 0, 0, 0]),
         # Tie for the top, k = 1, x = [3, 3, 1, 0]: mask keeps both 3s;
-        # subtract: x_(2) = 3, relu(x - 3) = all zeros.
+        # subtract: x_(1) = 3, relu(x - 3) = all zeros.
         ([3, 3, 1, 0], 1, "mask", [3, 3, 0, 0]),
         ([3, 3, 1, 0], 1, "subtract", [0, 0, 0, 0]),
     ],
@@ -87,34 +93,53 @@ def test_topk_hand_computed(x: list[float], k: int, mode: str, expected: list[fl
     torch.testing.assert_close(out, t(*expected))
 
 
-@pytest.mark.parametrize("mode", ["subtract", "mask"])
-def test_topk_gradient_skips_the_threshold(mode: str) -> None:
-    # x = [3, 1, 2, 0.5], k = 2: active units 0 and 2. d(sum out)/dx = [1, 0, 1, 0].
-    # A threshold x_(3) = x[1] that carried gradient would give x.grad[1] = -2 in subtract mode.
+@pytest.mark.parametrize(("mode", "grad"), [("subtract", [1, 0, 1, 0]), ("mask", [1, 1, 1, 0])])
+def test_topk_gradient_skips_the_threshold(mode: str, grad: list[float]) -> None:
+    # x = [3, 1, 2, 0.5], k = 3: subtract relu(x - x_(3)) has active units 0 and 2, mask keeps
+    # units 0, 1 and 2. A threshold x_(3) = x[1] that carried gradient would give x.grad[1] = -2.
     x = t(3, 1, 2, 0.5).requires_grad_()
-    TopK(k=2, mode=mode)(x).sum().backward()
-    torch.testing.assert_close(x.grad, t(1, 0, 1, 0))
+    TopK(k=3, mode=mode)(x).sum().backward()
+    torch.testing.assert_close(x.grad, t(*grad))
+
+
+@pytest.mark.parametrize(
+    ("clip_max", "out", "grad"),
+    [
+        # k = 3: x_(3) = x[1] = 1, out = [2, 0, 1, 0]; the threshold unit 1 gets -(1 + 1).
+        (None, [2, 0, 1, 0], [1, -2, 1, 0]),
+        # clip_max 1.5: unit 0 is clipped (no gradient), unit 1 gets -1 from unit 2 alone.
+        (1.5, [1.5, 0, 1, 0], [0, -1, 1, 0]),
+    ],
+)
+def test_topk_threshold_grad_and_clip(
+    clip_max: float | None, out: list[float], grad: list[float]
+) -> None:
+    x = t(3, 1, 2, 0.5).requires_grad_()
+    y = TopK(k=3, clip_max=clip_max, threshold_grad=True)(x)
+    y.sum().backward()
+    torch.testing.assert_close(y, t(*out))
+    torch.testing.assert_close(x.grad, t(*grad))
 
 
 def test_topk_k_annealing_schedule() -> None:
     # k_max = 4 -> k = 1 over 2 training batches: k(t) = 4 - 3 t / 2, rounded half up:
     # t = 0 -> 4, t = 1 -> 2.5 -> 3, t >= 2 -> 1.
-    m = TopK(k=1, k_max=4, anneal_steps=2)
+    m = TopK(k=1, mode="mask", k_max=4, anneal_steps=2)
     x = t(4, 3, 2, 1, 0)
     assert m.current_k == 4
-    # t = 0, k = 4: relu(x - x_(5)) = relu(x - 0) = [4, 3, 2, 1, 0].
+    # t = 0, k = 4: the 4 largest kept, [4, 3, 2, 1, 0].
     torch.testing.assert_close(m(x), t(4, 3, 2, 1, 0))
     assert m.current_k == 3
-    # Eval mode uses k = 3 and does not advance: relu(x - x_(4)) = relu(x - 1) = [3, 2, 1, 0, 0].
+    # Eval mode uses k = 3 and does not advance: [4, 3, 2, 0, 0].
     m.eval()
     for _ in range(3):
-        torch.testing.assert_close(m(x), t(3, 2, 1, 0, 0))
+        torch.testing.assert_close(m(x), t(4, 3, 2, 0, 0))
     assert (m.current_k, int(m.training_forwards)) == (3, 1)
     m.train()
-    torch.testing.assert_close(m(x), t(3, 2, 1, 0, 0))
-    # t = 2, k = 1: relu(x - x_(2)) = relu(x - 3) = [1, 0, 0, 0, 0]; stays at k = 1 afterwards.
+    torch.testing.assert_close(m(x), t(4, 3, 2, 0, 0))
+    # t = 2, k = 1: [4, 0, 0, 0, 0]; stays at k = 1 afterwards.
     for _ in range(3):
-        torch.testing.assert_close(m(x), t(1, 0, 0, 0, 0))
+        torch.testing.assert_close(m(x), t(4, 0, 0, 0, 0))
         assert m.current_k == 1
 
 
@@ -297,6 +322,9 @@ def test_unknown_kwarg_is_named() -> None:
         ({"name": "topk", "k": 2, "k_max": 4}, "topk.anneal_steps", 0),
         ({"name": "topk", "k": 2, "anneal_steps": 5}, "topk.anneal_steps", 5),
         ({"name": "topk", "k": 4, "width": 3}, "topk.width", 3),
+        ({"name": "topk", "k": 2, "clip_max": 0.0}, "topk.clip_max", 0.0),
+        ({"name": "topk", "k": 2, "threshold_grad": 1}, "topk.threshold_grad", 1),
+        ({"name": "topk", "k": 2, "mode": "mask", "clip_max": 2.0}, "topk.mode", "mask"),
         ({"name": "lwta", "groups": 0}, "lwta.groups", 0),
         ({"name": "ash", "alpha": 0.0}, "ash.alpha", 0.0),
         ({"name": "hard_ash", "x_max": -1.0}, "hard_ash.x_max", -1.0),

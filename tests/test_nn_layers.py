@@ -56,6 +56,15 @@ def test_weight_norm_rows_have_unit_norm_and_stay_so_after_a_step():
     torch.testing.assert_close(layer.weight.norm(dim=1), torch.ones(4))
 
 
+def test_centred_weight_norm_rows_have_zero_mean_and_unit_norm():
+    torch.manual_seed(0)
+    layer = make_linear(5, 4, weight_norm=True, weight_norm_centred=True)
+    torch.testing.assert_close(layer.weight.mean(dim=1), torch.zeros(4), atol=1e-7, rtol=0)
+    torch.testing.assert_close(layer.weight.norm(dim=1), torch.ones(4))
+    with pytest.raises(ConfigError, match="layer.weight_norm_centred: got True"):
+        make_linear(5, 4, weight_norm_centred=True)
+
+
 def test_powerprop_keeps_the_function_of_the_base_layer_at_init():
     torch.manual_seed(0)
     base = make_linear(6, 3, init="kaiming_uniform")

@@ -51,6 +51,8 @@ def test_hidden_layers_of_plain_sequential_and_of_a_list_of_modules():
 def test_bad_builder_values_name_the_key():
     with pytest.raises(ConfigError, match=r"mlp.weight_norm: got 'last'"):
         build_mlp(3, [4], 2, weight_norm="last")
+    with pytest.raises(ConfigError, match=r"mlp.weight_norm_centred: got True"):
+        build_mlp(3, [4], 2, weight_norm_centred=True)
     with pytest.raises(ConfigError, match=r"mlp.hidden_sizes"):
         build_mlp(3, [4, 0], 2)
     with pytest.raises(ConfigError, match=r"activation: got 'relux'"):

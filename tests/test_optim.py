@@ -116,6 +116,20 @@ def test_adagrad_initial_accumulator_in_state():
     torch.testing.assert_close(optimizer.state[p]["sum"], torch.full((2,), 1e-6))
 
 
+@pytest.mark.parametrize("name", ["adagrad", "rmsprop"])
+def test_eps_in_sqrt_divides_by_the_root_of_s_plus_eps(name: str):
+    # One step from s_0 = 0 (rmsprop: v = (1 - alpha) g^2) with g = 1e-3, eps = 1e-4, lr = 1:
+    # update = g / sqrt(s + eps) with s = g^2 (adagrad) or 0.5 g^2 (rmsprop, alpha = 0.5).
+    s = 1e-6 if name == "adagrad" else 0.5e-6
+    kwargs = {"alpha": 0.5} if name == "rmsprop" else {}
+    p = _scalar_param([0.0])
+    optimizer = make_optimizer([p], name, lr=1.0, eps=1e-4, eps_in_sqrt=True, **kwargs)
+    _set_grad_and_step(optimizer, p, [1e-3])
+    assert p.item() == pytest.approx(-1e-3 / (s + 1e-4) ** 0.5, rel=1e-5)
+    with pytest.raises(ConfigError, match="optimizer.eps_in_sqrt: got 1"):
+        make_optimizer([p], name, eps_in_sqrt=1)
+
+
 def test_sgd_weight_decay_is_coupled():
     # p = 2, g = 0.5, wd = 0.1, lr = 0.1: p <- 2 - 0.1 * (0.5 + 0.1 * 2) = 1.93
     p = _scalar_param([2.0])

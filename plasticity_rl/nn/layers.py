@@ -6,7 +6,7 @@ parametrization of its weight), so interventions and metrics can treat all of th
 - init schemes (:data:`INIT_SCHEMES`), remembered on the layer so that an intervention that resets
   a unit (CBP, ReDo) can draw fresh weights from the same distribution (:func:`sample_weight`);
 - weight normalisation with a fixed gain, w_i = g v_i / ||v_i|| (Salimans & Kingma 2016; fixed
-  g = 1 on the first layer as in Keskinen 2024, Hard ASH);
+  g = 1 on the first layer as in Keskinen 2024, Hard ASH, whose code also centres each row);
 - Powerpropagation, w = v |v|^(alpha - 1) (Schwarz et al. 2021);
 - SDM constraints (Bricken et al. 2023): no bias, unit-L2-norm non-negative weight rows,
   L2-normalised inputs; the weight constraints are a projection applied after every optimiser
@@ -63,6 +63,7 @@ def make_linear(
     init: str = "default",
     init_scale: float = 1.0,
     weight_norm: bool = False,
+    weight_norm_centred: bool = False,
     powerprop_alpha: float | None = None,
     sdm: bool = False,
 ) -> nn.Linear:
@@ -73,6 +74,7 @@ def make_linear(
         init: a name from :data:`INIT_SCHEMES`.
         init_scale: multiplies the sampled init weights (e.g. 0.01 for a policy output layer).
         weight_norm: fixed-gain weight normalisation, w_i = v_i / ||v_i|| (g = 1).
+        weight_norm_centred: with ``weight_norm``, centre each row first (:class:`UnitNormRows`).
         powerprop_alpha: Powerpropagation exponent alpha > 0 (alpha = 1 is a plain layer).
         sdm: SDM constraints: no bias, L2-normalised input, unit-norm non-negative rows.
     """
@@ -97,8 +99,14 @@ def make_linear(
         layer.weight.copy_(sample_weight(layer))
         if layer.bias is not None and init != "default":
             layer.bias.zero_()
+    require(
+        weight_norm or not weight_norm_centred,
+        "layer.weight_norm_centred",
+        weight_norm_centred,
+        "false unless weight_norm is set",
+    )
     if weight_norm:
-        parametrize.register_parametrization(layer, "weight", UnitNormRows())
+        parametrize.register_parametrization(layer, "weight", UnitNormRows(weight_norm_centred))
     if powerprop_alpha is not None:
         parametrize.register_parametrization(layer, "weight", PowerProp(powerprop_alpha))
     return layer
@@ -354,14 +362,26 @@ class _BatchedAffine(torch.autograd.Function):
 class UnitNormRows(nn.Module):
     """Weight norm with fixed gain g = 1: w_i = v_i / ||v_i||_2 (Salimans & Kingma 2016).
 
-    Rows are the last dim, so a batched ``(S, out, in)`` weight is normalised per run and row.
+    With ``centred=True`` each row is first centred, w_i = c_i / ||c_i||_2 with
+    c_i = v_i - mean(v_i), as the code of Keskinen 2024 (Hard ASH) does (the gradient flows
+    through the mean). Rows are the last dim, so a batched ``(S, out, in)`` weight is normalised
+    per run and row.
     """
 
+    def __init__(self, centred: bool = False):
+        super().__init__()
+        self.centred = bool(centred)
+
     def forward(self, v: Tensor) -> Tensor:
+        if self.centred:
+            v = v - v.mean(dim=-1, keepdim=True)
         return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
     def right_inverse(self, w: Tensor) -> Tensor:
         return w
+
+    def extra_repr(self) -> str:
+        return "centred=True" if self.centred else ""
 
 
 class PowerProp(nn.Module):

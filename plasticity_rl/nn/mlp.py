@@ -39,6 +39,9 @@ class MLPConfig:
     """Bias in the output layer."""
     weight_norm: str = "none"
     """Fixed-gain (g = 1) weight normalisation: none, first (layer only) or all."""
+    weight_norm_centred: bool = False
+    """Centre each weight-normalised row, w - mean(w), before dividing by its norm (the code of
+    Keskinen 2024, Hard ASH)."""
     powerprop_alpha: float | None = None
     """Powerpropagation exponent for every layer; null for plain weights."""
     sdm: bool = False
@@ -81,6 +84,7 @@ def build_mlp(
     bias: bool = True,
     output_bias: bool = True,
     weight_norm: str = "none",
+    weight_norm_centred: bool = False,
     powerprop_alpha: float | None = None,
     sdm: bool = False,
 ) -> MLP:
@@ -99,10 +103,17 @@ def build_mlp(
     for size in hidden_sizes:
         require(int(size) >= 1, "mlp.hidden_sizes", list(hidden_sizes), "integers >= 1")
     require(weight_norm in WEIGHT_NORM_OPTIONS, "mlp.weight_norm", weight_norm, WEIGHT_NORM_OPTIONS)
+    require(
+        weight_norm != "none" or not weight_norm_centred,
+        "mlp.weight_norm_centred",
+        weight_norm_centred,
+        "false when weight_norm is none",
+    )
     sizes = [in_dim, *map(int, hidden_sizes), out_dim]
     linears = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         is_output = i == len(sizes) - 2
+        normed = weight_norm == "all" or (weight_norm == "first" and i == 0)
         linears.append(
             make_linear(
                 fan_in,
@@ -110,7 +121,8 @@ def build_mlp(
                 bias=output_bias if is_output else bias,
                 init=init,
                 init_scale=output_init_scale if is_output else 1.0,
-                weight_norm=weight_norm == "all" or (weight_norm == "first" and i == 0),
+                weight_norm=normed,
+                weight_norm_centred=weight_norm_centred and normed,
                 powerprop_alpha=powerprop_alpha,
                 sdm=sdm and not is_output,
             )

@@ -49,12 +49,14 @@ class TopK(nn.Module):
 
     - ``mode="mask"``: ``x_j if x_j >= x_(k) else 0``. Ties at the threshold: every unit equal
       to x_(k) is kept, so more than k units can stay non-zero.
-    - ``mode="subtract"``: ``relu(x_j - x_(k+1))`` with x_(k+1) detached (no gradient flows
-      through the threshold). Subtracting the (k+1)-th largest value, as the code of Bricken et
-      al. 2023 ("Sparse Distributed Memory is a Continual Learner") does, leaves exactly k
-      non-zero units when there are no ties; subtracting x_(k) would leave k - 1 (none for
-      k = 1). Units tied with x_(k+1) output 0, so ties there give fewer than k non-zero units.
-      If k equals the layer width the threshold is 0, i.e. ``relu(x)``.
+    - ``mode="subtract"``: ``clip(x_j - x_(k), 0, clip_max)`` (``clip_max=None``:
+      ``relu(x_j - x_(k))``). Subtracting the k-th largest value, as the code of Keskinen 2024
+      ("Hard ASH", with ``clip_max=2``) and of Bricken et al. 2023 does, leaves k - 1 non-zero
+      units when there are no ties (none for k = 1): unit k sits exactly at the threshold.
+      With ``threshold_grad=False`` x_(k) is detached; with ``threshold_grad=True`` (Keskinen's
+      code: ``jax.lax.top_k`` is differentiable) the gradient flows through the threshold to
+      the unit at rank k, which receives minus the sum of the gradients of the units above 0
+      and below ``clip_max``.
 
     k annealing (``k_max`` and ``anneal_steps``): the k in use (:attr:`current_k`) goes linearly
     from ``k_max`` down to ``k`` over ``anneal_steps`` training batches, where one training
@@ -66,8 +68,10 @@ class TopK(nn.Module):
     counts c_j, the number of training samples in which it was a winner (x_j >= x_(k), the
     units the mask mode keeps: with no ties, the k largest). Its output is
     ``relu(x_j - g_j * x_(k+1))`` with ``g_j = clamp(-1 + 2 c_j / T, -1, 1)``: a unit starts
-    excitatory (g = -1, ``relu(x_j + x_(k+1))``) and turns into a plain Top-K unit (g = +1)
-    after T activations. The counters move only in training mode, after the output is computed.
+    excitatory (g = -1, ``relu(x_j + x_(k+1))``) and turns into a Top-K unit (g = +1) after T
+    activations. With the switch the threshold is the (k+1)-th largest value (0 if k equals the
+    layer width), so k units stay active. The counters move only in training mode, after the
+    output is computed.
 
     Both counters are buffers (in ``state_dict`` and checkpoints). Without ``width`` the GABA
     counters are sized at the first forward pass; loading a state dict into a fresh module sizes
@@ -80,6 +84,8 @@ class TopK(nn.Module):
         anneal_steps: training batches over which k goes from ``k_max`` to ``k``.
         gaba_switch_T: activations (winning samples) after which a unit becomes inhibitory.
         width: layer width; optional, sizes the GABA counters up front and is checked at forward.
+        clip_max: upper clip of the subtract output (Keskinen 2024: 2); None: no upper clip.
+        threshold_grad: let the gradient flow through the subtracted threshold.
     """
 
     def __init__(
@@ -90,6 +96,8 @@ class TopK(nn.Module):
         anneal_steps: int = 0,
         gaba_switch_T: float | None = None,
         width: int | None = None,
+        clip_max: float | None = None,
+        threshold_grad: bool = False,
     ):
         super().__init__()
         require(_is_int(k) and k >= 1, "topk.k", k, "an integer >= 1 (and <= layer width)")
@@ -125,6 +133,18 @@ class TopK(nn.Module):
                 "null or a number > 0",
             )
             require(mode == "subtract", "topk.mode", mode, "subtract (with gaba_switch_T)")
+        if clip_max is not None:
+            require(
+                _is_real(clip_max) and clip_max > 0,
+                "topk.clip_max",
+                clip_max,
+                "null or a number > 0",
+            )
+        require(isinstance(threshold_grad, bool), "topk.threshold_grad", threshold_grad, "a bool")
+        if clip_max is not None or threshold_grad:
+            require(
+                mode == "subtract", "topk.mode", mode, "subtract (with clip_max or threshold_grad)"
+            )
         if width is not None:
             require(
                 _is_int(width) and width >= max(k, k_max or k),
@@ -138,6 +158,8 @@ class TopK(nn.Module):
         self.anneal_steps = int(anneal_steps)
         self.gaba_switch_T = None if gaba_switch_T is None else float(gaba_switch_T)
         self.width = None if width is None else int(width)
+        self.clip_max = None if clip_max is None else float(clip_max)
+        self.threshold_grad = threshold_grad
         if self.k_max is not None:
             # Training-mode forward passes (= training batches) seen so far.
             self.register_buffer("training_forwards", torch.zeros((), dtype=torch.long))
@@ -177,18 +199,21 @@ class TopK(nn.Module):
         width = x.shape[-1]
         self._check_width(width)
         k = self.current_k
-        # The k (+1 if it exists) largest values of each sample, largest first; no gradient.
-        top = x.detach().topk(min(k + 1, width), dim=-1).values
-        winners = x.detach() >= top[..., k - 1 : k]
+        # The k (+1 if it exists) largest values of each sample, largest first.
+        top = (x if self.threshold_grad else x.detach()).topk(min(k + 1, width), dim=-1).values
+        winners = x.detach() >= top[..., k - 1 : k].detach()
         if self.mode == "mask":
             out = x * winners
         else:
-            threshold = top[..., k : k + 1] if k < width else torch.zeros_like(top[..., :1])
+            threshold = top[..., k - 1 : k]  # x_(k); the GABA switch subtracts x_(k+1)
             if self.gaba_switch_T is not None:
+                threshold = top[..., k : k + 1] if k < width else torch.zeros_like(top[..., :1])
                 if self.gaba_counts.numel() == 0:
                     self.gaba_counts = torch.zeros(width, dtype=torch.long, device=x.device)
                 threshold = self.gaba_gain().to(x.dtype) * threshold
             out = F.relu(x - threshold)
+        if self.clip_max is not None:
+            out = out.clamp(max=self.clip_max)
         if self.training:
             with torch.no_grad():
                 if self.gaba_switch_T is not None:
@@ -205,6 +230,10 @@ class TopK(nn.Module):
             parts.append(f"gaba_switch_T={self.gaba_switch_T:g}")
         if self.width is not None:
             parts.append(f"width={self.width}")
+        if self.clip_max is not None:
+            parts.append(f"clip_max={self.clip_max:g}")
+        if self.threshold_grad:
+            parts.append("threshold_grad=True")
         return ", ".join(parts)
 
 

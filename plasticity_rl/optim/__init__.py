@@ -7,6 +7,7 @@ from plasticity_rl.optim.presets import (
     make_optimizer,
     sb3_optimizer_args,
 )
+from plasticity_rl.optim.rmsprop import RMSpropEpsInSqrt
 from plasticity_rl.optim.state import OPTIMIZER_STATE_RESETS, reset_optimizer_state
 from plasticity_rl.optim.transforms import clip_updates
 
@@ -14,6 +15,7 @@ __all__ = [
     "OPTIMIZERS",
     "OPTIMIZER_STATE_RESETS",
     "Adam",
+    "RMSpropEpsInSqrt",
     "attach_step_hooks",
     "clip_updates",
     "make_optimizer",

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from plasticity_rl.nn.layers import register_projections
 from plasticity_rl.optim.adam import Adam, check_adam_args
+from plasticity_rl.optim.rmsprop import RMSpropEpsInSqrt
 from plasticity_rl.optim.transforms import clip_updates
 from plasticity_rl.registry import ConfigError, Registry, require, split_spec
 
@@ -62,18 +63,30 @@ def sgdm(lr: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0) -> 
     return torch.optim.SGD, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
 
 
+def _check_eps(eps: float, eps_in_sqrt: bool) -> None:
+    require(eps >= 0, "optimizer.eps", eps, "a number >= 0")
+    require(isinstance(eps_in_sqrt, bool), "optimizer.eps_in_sqrt", eps_in_sqrt, "a bool")
+
+
 @OPTIMIZERS.register("rmsprop")
 def rmsprop(
-    lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0
+    lr: float = 1e-2,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    eps_in_sqrt: bool = False,
 ) -> OptimizerRecipe:
     """RMSprop (Tieleman & Hinton 2012).
 
-    v <- alpha v + (1 - alpha) g^2,  p <- p - lr g / (sqrt(v) + eps).
+    v <- alpha v + (1 - alpha) g^2,  p <- p - lr g / (sqrt(v) + eps) (``torch.optim.RMSprop``);
+    with ``eps_in_sqrt``, p <- p - lr g / sqrt(v + eps) (optax's placement, used by the code of
+    Keskinen 2024; :class:`~plasticity_rl.optim.rmsprop.RMSpropEpsInSqrt`).
     """
     _check_lr_and_decay(lr, weight_decay)
     _check_decay_rate("alpha", alpha)
-    require(eps >= 0, "optimizer.eps", eps, "a number >= 0")
-    return torch.optim.RMSprop, {
+    _check_eps(eps, eps_in_sqrt)
+    optimizer_class = RMSpropEpsInSqrt if eps_in_sqrt else torch.optim.RMSprop
+    return optimizer_class, {
         "lr": lr,
         "alpha": alpha,
         "eps": eps,
@@ -87,10 +100,14 @@ def adagrad(
     initial_accumulator_value: float = 0.0,
     eps: float = 1e-10,
     weight_decay: float = 0.0,
+    eps_in_sqrt: bool = False,
 ) -> OptimizerRecipe:
     """Adagrad (Duchi et al. 2011): s <- s + g^2 from s_0, p <- p - lr g / (sqrt(s) + eps).
 
-    Keskinen 2024 (Hard ASH) uses s_0 = ``initial_accumulator_value`` = 1e-6.
+    With ``eps_in_sqrt``, p <- p - lr g / sqrt(s + eps) (``optax.adagrad``, used by the code of
+    Keskinen 2024 with s_0 = ``initial_accumulator_value`` = 1e-6 and optax's eps = 1e-7). As
+    s + eps = (s_0 + eps) + sum g^2, that is ``torch.optim.Adagrad`` started from s_0 + eps
+    with eps = 0, which is what this preset builds (its ``sum`` state then holds s + eps).
     """
     _check_lr_and_decay(lr, weight_decay)
     require(
@@ -99,7 +116,9 @@ def adagrad(
         initial_accumulator_value,
         "a number >= 0",
     )
-    require(eps >= 0, "optimizer.eps", eps, "a number >= 0")
+    _check_eps(eps, eps_in_sqrt)
+    if eps_in_sqrt:
+        initial_accumulator_value, eps = initial_accumulator_value + eps, 0.0
     return torch.optim.Adagrad, {
         "lr": lr,
         "initial_accumulator_value": initial_accumulator_value,
