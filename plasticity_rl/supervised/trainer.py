@@ -59,6 +59,7 @@ from plasticity_rl.nn import (
 )
 from plasticity_rl.nn.backprop import HandBackprop
 from plasticity_rl.nn.cnn import build_cnn
+from plasticity_rl.nn.sparse import end_epoch
 from plasticity_rl.optim import make_optimizer
 from plasticity_rl.optim.runs import (
     load_run_optimizer_states,
@@ -597,6 +598,7 @@ def train_tasks(
                         continual_eval(run_stream, run_net, t, test_sets[run], tc, writer, step,
                                        progresses[run])  # fmt: skip
                 bar.update()
+            end_epoch(model)  # e.g. Top-K's k annealing steps once per epoch
         bar.close()
         if stream.online:
             online = 100.0 * correct_online / max(seen_online, 1)
