@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from plasticity_rl.nn import ACTIVATIONS, make_activation
-from plasticity_rl.nn.sparse import ASH, LWTA, HardASH, TopK
+from plasticity_rl.nn.sparse import ASH, LWTA, HardASH, TopK, end_epoch
 from plasticity_rl.registry import ConfigError
 
 # Activations that have required arguments, with the smallest valid ones.
@@ -43,9 +43,9 @@ def test_every_registered_name_creates_a_module(name: str) -> None:
 
 
 def test_extra_repr_shows_settings() -> None:
-    spec = {"name": "topk", "k": 2, "k_max": 4, "anneal_steps": 10, "gaba_switch_T": 5}
+    spec = {"name": "topk", "k": 2, "k_max": 4, "anneal_epochs": 10, "gaba_switch_T": 5}
     assert repr(make_activation(spec)) == (
-        "TopK(k=2, mode=subtract, k_max=4, anneal_steps=10, gaba_switch_T=5)"
+        "TopK(k=2, mode=subtract, k_max=4, anneal_epochs=10, gaba_switch_T=5)"
     )
     spec = {"name": "topk", "k": 2, "clip_max": 2.0, "threshold_grad": True}
     assert (
@@ -121,83 +121,106 @@ def test_topk_threshold_grad_and_clip(
     torch.testing.assert_close(x.grad, t(*grad))
 
 
-def test_topk_k_annealing_schedule() -> None:
-    # k_max = 4 -> k = 1 over 2 training batches: k(t) = 4 - 3 t / 2, rounded half up:
-    # t = 0 -> 4, t = 1 -> 2.5 -> 3, t >= 2 -> 1.
-    m = TopK(k=1, mode="mask", k_max=4, anneal_steps=2)
+@pytest.mark.parametrize(
+    ("x", "k", "expected"),
+    [
+        # k = width: relu(x)_(4) = 0, everything kept: relu(x).
+        ([3, -1, 2, 0.5], 4, [3, 0, 2, 0.5]),
+        # fewer than k positive values: only those stay, relu(x) = [0, 0, 0.5, 0].
+        ([-1, -2, 0.5, -3], 2, [0, 0, 0.5, 0]),
+    ],
+)
+def test_topk_mask_relu_input(x: list[float], k: int, expected: list[float]) -> None:
+    out = TopK(k=k, mode="mask", relu_input=True)(t(*x))
+    torch.testing.assert_close(out, t(*expected))
+
+
+def test_topk_mask_gradient_skips_negative_inputs() -> None:
+    # k = 3 of [2, -1, 1] with relu_input (Bricken et al.): ReLU first, so unit 1 outputs 0
+    # and gets no gradient.
+    x = t(2, -1, 1).requires_grad_()
+    out = TopK(k=3, mode="mask", relu_input=True)(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, t(2, 0, 1))
+    torch.testing.assert_close(x.grad, t(1, 0, 1))
+
+
+def test_topk_k_annealing_steps_once_per_epoch_truncated() -> None:
+    # k_max = 4 -> k = 1 over 2 epochs: k(e) = int(4 - 3 e / 2): e = 0 -> 4, e = 1 -> 2.5 -> 2
+    # (truncated), e >= 2 -> 1. Forward passes (training or evaluation) do not move it.
+    m = TopK(k=1, mode="mask", k_max=4, anneal_epochs=2)
+    net = nn.Sequential(m)
     x = t(4, 3, 2, 1, 0)
+    for _ in range(3):
+        torch.testing.assert_close(net(x), t(4, 3, 2, 1, 0))  # k = 4: x_(4) = 1, keep x >= 1
     assert m.current_k == 4
-    # t = 0, k = 4: the 4 largest kept, [4, 3, 2, 1, 0].
-    torch.testing.assert_close(m(x), t(4, 3, 2, 1, 0))
-    assert m.current_k == 3
-    # Eval mode uses k = 3 and does not advance: [4, 3, 2, 0, 0].
-    m.eval()
+    end_epoch(net)
+    torch.testing.assert_close(net(x), t(4, 3, 0, 0, 0))
+    assert (m.current_k, int(m.epochs)) == (2, 1)
     for _ in range(3):
-        torch.testing.assert_close(m(x), t(4, 3, 2, 0, 0))
-    assert (m.current_k, int(m.training_forwards)) == (3, 1)
-    m.train()
-    torch.testing.assert_close(m(x), t(4, 3, 2, 0, 0))
-    # t = 2, k = 1: [4, 0, 0, 0, 0]; stays at k = 1 afterwards.
-    for _ in range(3):
-        torch.testing.assert_close(m(x), t(4, 0, 0, 0, 0))
+        end_epoch(net)
+        torch.testing.assert_close(net(x), t(4, 0, 0, 0, 0))
         assert m.current_k == 1
 
 
 def test_topk_gaba_switch_excitation_to_inhibition() -> None:
-    # T = 2, k = 1, one sample x = [3, 1, 2, 0.5]: x_(1) = 3 (unit 0 wins), x_(2) = 2.
+    # T = 2, k = 1, one sample x = [3, 1, 2, 0.5]: the threshold is the (k+1)-th value, 2.
     m = TopK(k=1, gaba_switch_T=2)
     x = t(3, 1, 2, 0.5).unsqueeze(0)
-    # Forward 1: c = 0 for all units -> g = -1: relu(x + 2) = [5, 3, 4, 2.5]; then c_0 = 1.
+    # Forward 1: c = 0 -> g = -1: relu(x + 2) = [5, 3, 4, 2.5], all fire -> c = [1, 1, 1, 1].
     torch.testing.assert_close(m(x), t(5, 3, 4, 2.5).unsqueeze(0))
-    assert m.gaba_counts.tolist() == [1, 0, 0, 0]
-    # Forward 2: g_0 = -1 + 2 * 1 / 2 = 0 -> unit 0 outputs relu(3) = 3; the others still
-    # relu(x + 2): [3, 3, 4, 2.5]; then c_0 = 2.
-    torch.testing.assert_close(m(x), t(3, 3, 4, 2.5).unsqueeze(0))
-    # Forward 3 and later: g_0 = clamp(-1 + 2 c_0 / 2, -1, 1) = 1 -> unit 0 is plain Top-K,
-    # relu(3 - 2) = 1: [1, 3, 4, 2.5].
+    assert m.gaba_counts.tolist() == [1, 1, 1, 1]
+    # Forward 2: g = -1 + 2 * 1 / 2 = 0 -> relu(x) = [3, 1, 2, 0.5] -> c = [2, 2, 2, 2].
+    torch.testing.assert_close(m(x), t(3, 1, 2, 0.5).unsqueeze(0))
+    # Forward 3 and later: g = 1 -> relu(x - 2) = [1, 0, 0, 0]: only unit 0 keeps counting.
     for _ in range(2):
-        torch.testing.assert_close(m(x), t(1, 3, 4, 2.5).unsqueeze(0))
-    assert m.gaba_counts.tolist() == [4, 0, 0, 0]
-    torch.testing.assert_close(m.gaba_gain(), t(1, -1, -1, -1))
+        torch.testing.assert_close(m(x), t(1, 0, 0, 0).unsqueeze(0))
+    assert m.gaba_counts.tolist() == [4, 2, 2, 2]
+    torch.testing.assert_close(m.gaba_gain(), t(1, 1, 1, 1))
 
 
-def test_topk_gaba_counts_winning_samples_and_ignores_eval() -> None:
-    m = TopK(k=1, gaba_switch_T=10)
-    # Winners per sample (k = 1): unit 0, unit 0, unit 3 -> c = [2, 0, 0, 1].
+def test_topk_gaba_counts_firing_units_in_every_forward() -> None:
+    m = TopK(k=1, gaba_switch_T=1)
+    m.gaba_counts = torch.tensor([1, 1, 1, 1])  # g = 1: plain Top-K with the 2nd value
+    # Units firing per sample: unit 0, unit 0, unit 3 -> c += [2, 0, 0, 1], in training mode
+    # and in evaluation mode alike.
     x = torch.tensor([[3, 1, 2, 0.5], [3, 1, 2, 0.5], [0, 1, 2, 3]])
     m(x)
-    assert m.gaba_counts.tolist() == [2, 0, 0, 1]
+    assert m.gaba_counts.tolist() == [3, 1, 1, 2]
     m.eval()
-    m(x)
-    assert m.gaba_counts.tolist() == [2, 0, 0, 1]
+    with torch.no_grad():
+        m(x)
+    assert m.gaba_counts.tolist() == [5, 1, 1, 3]
 
 
-def test_topk_gaba_gradient_skips_the_threshold() -> None:
-    # First forward, g = -1 everywhere: relu(x + x_(2)) = relu([5, 3, 4, 2.5]), all active, so
-    # the gradient is all ones (a threshold with gradient would add 4 to x.grad[2]).
-    x = t(3, 1, 2, 0.5).requires_grad_()
-    TopK(k=1, gaba_switch_T=2)(x).sum().backward()
-    torch.testing.assert_close(x.grad, t(1, 1, 1, 1))
+def test_topk_gaba_relus_the_input_first() -> None:
+    # x = [3, -1, 2, 0.5], k = 1, g = -1: relu(relu(x) + 2) = [5, 2, 4, 2.5]; unit 1 gets no
+    # gradient (relu'(-1) = 0) and the threshold none: x.grad = [1, 0, 1, 1].
+    x = t(3, -1, 2, 0.5).requires_grad_()
+    out = TopK(k=1, gaba_switch_T=2)(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, t(5, 2, 4, 2.5))
+    torch.testing.assert_close(x.grad, t(1, 0, 1, 1))
 
 
 @pytest.mark.parametrize("width", [None, 4])
 def test_topk_state_dict_round_trip_restores_counters(width: int | None) -> None:
-    kwargs: dict[str, Any] = {"k": 1, "k_max": 3, "anneal_steps": 4, "gaba_switch_T": 3}
+    kwargs: dict[str, Any] = {"k": 1, "k_max": 3, "anneal_epochs": 4, "gaba_switch_T": 3}
     trained = TopK(**kwargs)
     x = torch.tensor([[3, 1, 2, 0.5], [0, 1, 2, 3]])
     for _ in range(3):
         trained(x)
+        trained.end_epoch()
     state = trained.state_dict()
-    assert set(state) == {"training_forwards", "gaba_counts"}
+    assert set(state) == {"epochs", "gaba_counts"}
     restored = TopK(**kwargs, width=width)
     restored.load_state_dict(state)
-    assert int(restored.training_forwards) == 3 and restored.current_k == trained.current_k
+    assert int(restored.epochs) == 3 and restored.current_k == trained.current_k
     assert restored.gaba_counts.tolist() == trained.gaba_counts.tolist()
     clone = copy.deepcopy(trained)
-    for module in (trained, restored, clone):
-        module.eval()
-    torch.testing.assert_close(restored(x), trained(x))
-    torch.testing.assert_close(clone(x), trained(x))
+    outputs = [module(x) for module in (trained, restored, clone)]  # each from the same state
+    torch.testing.assert_close(outputs[1], outputs[0])
+    torch.testing.assert_close(outputs[2], outputs[0])
 
 
 # ----------------------------------------------------------------------------- ASH, Hard ASH
@@ -286,7 +309,11 @@ def test_lwta_two_groups(x: list[float], expected: list[float], grad: list[float
     ],
 )
 def test_batch_shape_independence(spec: dict[str, Any]) -> None:
-    module = make_activation(spec).eval()
+    template = make_activation(spec).eval()
+
+    def module(x: torch.Tensor) -> torch.Tensor:  # a fresh copy: the GABA counters move
+        return copy.deepcopy(template)(x)
+
     x = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(0))
     out = module(x)
     assert out.shape == x.shape
@@ -318,9 +345,9 @@ def test_unknown_kwarg_is_named() -> None:
         ({"name": "topk", "k": 2, "mode": "foo"}, "topk.mode", "foo"),
         ({"name": "topk", "k": 2, "mode": "mask", "gaba_switch_T": 2}, "topk.mode", "mask"),
         ({"name": "topk", "k": 2, "gaba_switch_T": 0}, "topk.gaba_switch_T", 0),
-        ({"name": "topk", "k": 2, "k_max": 1, "anneal_steps": 5}, "topk.k_max", 1),
-        ({"name": "topk", "k": 2, "k_max": 4}, "topk.anneal_steps", 0),
-        ({"name": "topk", "k": 2, "anneal_steps": 5}, "topk.anneal_steps", 5),
+        ({"name": "topk", "k": 2, "k_max": 1, "anneal_epochs": 5}, "topk.k_max", 1),
+        ({"name": "topk", "k": 2, "k_max": 4}, "topk.anneal_epochs", 0),
+        ({"name": "topk", "k": 2, "anneal_epochs": 5}, "topk.anneal_epochs", 5),
         ({"name": "topk", "k": 4, "width": 3}, "topk.width", 3),
         ({"name": "topk", "k": 2, "clip_max": 0.0}, "topk.clip_max", 0.0),
         ({"name": "topk", "k": 2, "threshold_grad": 1}, "topk.threshold_grad", 1),
@@ -342,7 +369,7 @@ def test_bad_values_name_key_and_value(spec: dict[str, Any], key: str, value: An
             {"name": "topk", "k": 5},
             "topk.k: got 5; allowed: an integer >= 1 and <= layer width (4)",
         ),
-        ({"name": "topk", "k": 1, "k_max": 6, "anneal_steps": 2}, "topk.k_max: got 6"),
+        ({"name": "topk", "k": 1, "k_max": 6, "anneal_epochs": 2}, "topk.k_max: got 6"),
         ({"name": "topk", "k": 1, "width": 5}, "topk.width: got 5; allowed: the layer width (4)"),
         (
             {"name": "lwta", "groups": 3},

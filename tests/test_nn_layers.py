@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from plasticity_rl.nn import (
+    NonNegLinear,
     PowerProp,
     SDMLinear,
     UnitNormRows,
@@ -118,14 +119,33 @@ def test_sdm_layer_normalises_inputs_and_projects_after_each_step():
     # input scaled to unit norm: [0.6, 0, 0.8, 0]
     torch.testing.assert_close(layer(x), layer(x * 10))
     torch.testing.assert_close(layer(x)[0], layer.weight @ torch.tensor([0.6, 0.0, 0.8, 0.0]))
+    # the input goes through ReLU before it is normalised (Bricken et al.'s code)
+    torch.testing.assert_close(layer(torch.tensor([[3.0, -5.0, 4.0, -1.0]])), layer(x))
     opt = torch.optim.SGD(layer.parameters(), lr=10.0)
     handle = register_projections(layer, opt)
-    (-layer(-x)).sum().backward()  # a large step that pushes weights negative
+    layer(x).sum().backward()  # a large step that pushes weights negative
     opt.step()
     assert torch.all(layer.weight >= 0)
     torch.testing.assert_close(layer.weight.norm(dim=1), torch.ones(3))
     handle.remove()
     assert not opt._optimizer_step_post_hooks
+
+
+def test_nonneg_layer_clamps_its_init_and_every_step():
+    torch.manual_seed(0)
+    raw = make_linear(6, 5).weight.detach()
+    torch.manual_seed(0)
+    layer = make_linear(6, 5, nonneg=True)
+    assert isinstance(layer, NonNegLinear) and not isinstance(layer, SDMLinear)
+    # PyTorch's init clamped at 0 (Bricken et al.'s code), not its absolute value
+    torch.testing.assert_close(layer.weight, raw.clamp_min(0.0))
+    assert torch.all(layer.bias >= 0)
+    opt = torch.optim.SGD(layer.parameters(), lr=10.0)
+    register_projections(layer, opt)
+    layer(torch.ones(1, 6)).sum().backward()
+    opt.step()
+    assert torch.all(layer.weight >= 0) and torch.all(layer.bias >= 0)
+    assert (layer.weight == 0).any() and (layer.bias == 0).any()
 
 
 def test_incompatible_layer_options_are_config_errors():

@@ -4,7 +4,14 @@ import pytest
 import torch
 from torch import nn
 
-from plasticity_rl.nn import MLPConfig, SDMLinear, UnitNormRows, build_mlp, hidden_layers
+from plasticity_rl.nn import (
+    MLPConfig,
+    NonNegLinear,
+    SDMLinear,
+    UnitNormRows,
+    build_mlp,
+    hidden_layers,
+)
 from plasticity_rl.registry import ConfigError
 
 
@@ -23,10 +30,10 @@ def test_build_mlp_shapes_and_per_layer_options():
     assert layers[0].activation is not layers[1].activation  # one instance per layer
 
 
-def test_sdm_applies_to_hidden_layers_only():
+def test_sdm_hidden_layers_and_a_non_negative_output_layer():
     net = build_mlp(4, [8], 2, "relu", sdm=True, output_bias=False)
     assert isinstance(net.hidden[0], SDMLinear)
-    assert type(net.output) is nn.Linear
+    assert type(net.output) is NonNegLinear and torch.all(net.output.weight >= 0)
 
 
 def test_config_dataclass_round_trips_into_the_builder():

@@ -16,6 +16,7 @@ from plasticity_rl.optim import (
     reset_optimizer_state,
     sb3_optimizer_args,
 )
+from plasticity_rl.optim.runs import make_run_optimizer
 from plasticity_rl.registry import ConfigError
 
 
@@ -160,10 +161,10 @@ def test_make_optimizer_projects_sdm_rows_after_the_clip():
     # The clip binds (lr 10); if it ran after the projection, old + clamp(projected - old)
     # would leave the rows off the unit sphere.
     torch.manual_seed(0)
-    net = build_mlp(4, [8], 2, sdm=True)
+    net = build_mlp(16, [8], 2, sdm=True)  # 16 inputs: no row is all zero after the init clamp
     optimizer = make_optimizer(net, {"name": "sgd", "lr": 10.0, "update_clip": 0.01})
     assert len(optimizer.plasticity_handles) == 2
-    x = torch.randn(32, 4)
+    x = torch.randn(32, 16)
     for _ in range(3):
         before = net.hidden[0].weight.detach().clone()
         optimizer.zero_grad()
@@ -185,6 +186,27 @@ def test_attach_step_hooks_appends_handles():
     post_hooks = len(optimizer._optimizer_step_post_hooks)
     assert attach_step_hooks(optimizer, nn.Linear(1, 1)) == []
     assert len(optimizer._optimizer_step_post_hooks) == post_hooks
+
+
+def test_grad_clip_norm_rescales_the_joint_gradient_norm_before_the_step():
+    # Gradients (3, 4) and (0,): joint norm 5 -> scaled by 1 / (5 + 1e-6) to norm 1 (torch's
+    # clip_grad_norm_); with a norm below the bound they are left alone.
+    a, b = _scalar_param([0.0, 0.0]), _scalar_param([0.0])
+    optimizer = make_optimizer([a, b], {"name": "sgd", "lr": 1.0, "grad_clip_norm": 1.0})
+    a.grad, b.grad = torch.tensor([3.0, 4.0]), torch.tensor([0.0])
+    optimizer.step()
+    torch.testing.assert_close(a.detach(), -torch.tensor([0.6, 0.8]), rtol=1e-5, atol=1e-6)
+    a.grad, b.grad = torch.tensor([0.3, 0.4]), torch.tensor([0.0])
+    optimizer.step()
+    torch.testing.assert_close(a.detach(), -torch.tensor([0.9, 1.2]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="optimizer.grad_clip_norm: got 0"):
+        make_optimizer([a], {"name": "sgd", "grad_clip_norm": 0})
+
+
+def test_grad_clip_norm_is_refused_for_batched_runs():
+    net = build_mlp(3, [4], 2)
+    with pytest.raises(ConfigError, match="optimizer.grad_clip_norm: got 1.0.*batched"):
+        make_run_optimizer(net, {"name": "sgd", "lr": 0.1, "grad_clip_norm": 1.0}, 2, None)
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS.names())

@@ -23,7 +23,7 @@ from plasticity_rl.nn import make_activation
 from plasticity_rl.nn.layers import UnitNormRows, layer_parameter
 from plasticity_rl.optim import make_optimizer
 from plasticity_rl.supervised.config import SupervisedRunConfig
-from plasticity_rl.supervised.trainer import build_network
+from plasticity_rl.supervised.learner import build_network
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity" / "keskinen2024"
 EXPERIMENT = REPO_ROOT / "experiments" / "keskinen2024-split-mnist.yaml"

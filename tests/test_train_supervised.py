@@ -47,7 +47,9 @@ def stream_for(agent: str, dirs: dict[str, Path]) -> list[str]:
     if agent in ("bp", "l2", "snp", "cbp"):
         small = ["stream.kwargs.num_tasks=2", "network.hidden_sizes=[32,32,32]"]
         return ["--env", "online-permuted-mnist", "--data-dir", str(dirs["mnist"]), *sets(small)]
-    return ["--env", "split-mnist", "--data-dir", str(dirs["mnist"])]
+    # one epoch per task (the paper presets, e.g. sdmlp, train 500)
+    return ["--env", "split-mnist", "--data-dir", str(dirs["mnist"]),
+            *sets(["train.epochs_per_task=1"])]  # fmt: skip
 
 
 @pytest.mark.parametrize("agent", SUPERVISED_AGENTS)

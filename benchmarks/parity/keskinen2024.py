@@ -27,7 +27,8 @@ import numpy as np
 from plasticity_rl.config import load_preset, resolve
 from plasticity_rl.metrics.summary import mean_ci95
 from plasticity_rl.supervised.config import SupervisedRunConfig
-from plasticity_rl.supervised.trainer import build_stream, train_runs
+from plasticity_rl.supervised.learner import build_stream
+from plasticity_rl.supervised.trainer import train_runs
 
 RESULTS = Path(__file__).parents[1] / "results" / "parity"
 SETTINGS = {

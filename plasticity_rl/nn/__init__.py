@@ -13,6 +13,7 @@ from plasticity_rl.nn.batched import (
 from plasticity_rl.nn.layers import (
     INIT_SCHEMES,
     BatchedLinear,
+    NonNegLinear,
     PowerProp,
     SDMLinear,
     UnitNormRows,
@@ -36,6 +37,7 @@ __all__ = [
     "MLP",
     "HiddenLayer",
     "MLPConfig",
+    "NonNegLinear",
     "PowerProp",
     "SDMLinear",
     "UnitNormRows",

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from plasticity_rl.nn.layers import BatchedLinear, SDMLinear, keep_updates_pending
+from plasticity_rl.nn.layers import BatchedLinear, keep_updates_pending
 from plasticity_rl.nn.mlp import MLP
 from plasticity_rl.optim.fused import FusedSGD, consume_grad
 
@@ -190,7 +190,6 @@ class HandBackprop:
         found = _layers(model)
         return found is not None and all(
             type(layer) in (nn.Linear, BatchedLinear)
-            and not isinstance(layer, SDMLinear)
             and not parametrize.is_parametrized(layer)
             and (act is None or type(act) in ACTIVATION_BACKWARD)
             for layer, act in found[1]

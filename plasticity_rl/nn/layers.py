@@ -9,8 +9,8 @@ parametrization of its weight), so interventions and metrics can treat all of th
   g = 1 on the first layer as in Keskinen 2024, Hard ASH, whose code also centres each row);
 - Powerpropagation, w = v |v|^(alpha - 1) (Schwarz et al. 2021);
 - SDM constraints (Bricken et al. 2023): no bias, unit-L2-norm non-negative weight rows,
-  L2-normalised inputs; the weight constraints are a projection applied after every optimiser
-  step (:func:`register_projections`).
+  ReLU'd then L2-normalised inputs, and a non-negative output layer; the weight constraints are
+  a projection applied after every optimiser step (:func:`register_projections`).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ def make_linear(
     weight_norm_centred: bool = False,
     powerprop_alpha: float | None = None,
     sdm: bool = False,
+    nonneg: bool = False,
 ) -> nn.Linear:
     """Build one linear layer with the given init and constraints.
 
@@ -76,7 +77,10 @@ def make_linear(
         weight_norm: fixed-gain weight normalisation, w_i = v_i / ||v_i|| (g = 1).
         weight_norm_centred: with ``weight_norm``, centre each row first (:class:`UnitNormRows`).
         powerprop_alpha: Powerpropagation exponent alpha > 0 (alpha = 1 is a plain layer).
-        sdm: SDM constraints: no bias, L2-normalised input, unit-norm non-negative rows.
+        sdm: SDM constraints: no bias, ReLU'd and L2-normalised input, unit-norm non-negative
+            rows (:class:`SDMLinear`).
+        nonneg: weights (and bias) clamped to >= 0 (:class:`NonNegLinear`; the output layer of
+            an SDM network).
     """
     require(init in INIT_SCHEMES, "layer.init", init, sorted(INIT_SCHEMES))
     require(init_scale > 0, "layer.init_scale", init_scale, "a number > 0")
@@ -86,19 +90,22 @@ def make_linear(
         powerprop_alpha,
         "null or a number > 0 (the paper recommends (1, 3])",
     )
-    if sdm and (weight_norm or powerprop_alpha is not None):
-        raise ConfigError("layer.sdm", sdm, "sdm=false when weight_norm or powerprop is set")
+    if (sdm or nonneg) and (weight_norm or powerprop_alpha is not None):
+        raise ConfigError("layer.sdm", True, "sdm=false when weight_norm or powerprop is set")
     if weight_norm and powerprop_alpha is not None:
         raise ConfigError(
             "layer.weight_norm", weight_norm, "false when powerprop_alpha is set (not combinable)"
         )
-    layer = (SDMLinear if sdm else nn.Linear)(in_features, out_features, bias=bias and not sdm)
+    kind = SDMLinear if sdm else NonNegLinear if nonneg else nn.Linear
+    layer = kind(in_features, out_features, bias=bias and not sdm)
     layer.init_scheme = init  # type: ignore[assignment]
     layer.init_scale = init_scale  # type: ignore[assignment]
     with torch.no_grad():
         layer.weight.copy_(sample_weight(layer))
         if layer.bias is not None and init != "default":
             layer.bias.zero_()
+        if isinstance(layer, NonNegLinear) and layer.bias is not None:
+            layer.bias.clamp_(min=0.0)
     require(
         weight_norm or not weight_norm_centred,
         "layer.weight_norm_centred",
@@ -129,8 +136,8 @@ def sample_weight(layer: nn.Linear, runs: Tensor | None = None) -> Tensor:
                                   strict=True):  # fmt: skip
         if draw:
             init(w, generator=generator).mul_(scale)
-    if isinstance(layer, SDMLinear):
-        weight = SDMLinear.project(weight.abs())
+    if isinstance(layer, NonNegLinear):
+        weight = layer.project(weight)
     return weight
 
 
@@ -285,10 +292,10 @@ class BatchedLinear(nn.Linear):
         """One batched layer whose run s is ``layers[s]`` (same shape, init and constraints).
 
         The stored tensors are copied (a parametrized layer keeps its parametrization, e.g.
-        Powerprop or weight norm, applied per run); SDM layers are refused.
+        Powerprop or weight norm, applied per run); SDM (non-negative) layers are refused.
         """
         first = layers[0]
-        if any(isinstance(layer, SDMLinear) for layer in layers):
+        if any(isinstance(layer, NonNegLinear) for layer in layers):
             raise ConfigError("network.sdm", True, "false for batched runs")
         batched = cls(len(layers), first.in_features, first.out_features,
                       first.bias is not None, generators)  # fmt: skip
@@ -405,25 +412,39 @@ class PowerProp(nn.Module):
         return f"alpha={self.alpha}"
 
 
-class SDMLinear(nn.Linear):
-    """SDM layer (Bricken et al. 2023): y = W x / ||x||_2, rows of W unit-norm and non-negative.
+class NonNegLinear(nn.Linear):
+    """A linear layer whose weights (and bias) are kept >= 0 (Bricken et al. 2023's
+    ``all_positive_weights``, on the output layer of an SDM network).
 
-    The constraint on W is kept by :meth:`project_`, which :func:`register_projections` runs
-    after every optimiser step.
+    The constraint is kept by :meth:`project_`, which :func:`register_projections` runs after
+    every optimiser step; a new layer's init weights are projected too (:func:`sample_weight`):
+    the code of Bricken et al. clamps PyTorch's init (about half the weights become 0).
     """
 
+    @staticmethod
+    def project(w: Tensor) -> Tensor:
+        """Clamp to >= 0."""
+        return w.clamp_min(0.0)
+
+    def project_(self) -> None:
+        with torch.no_grad():
+            self.weight.copy_(self.project(self.weight))
+            if self.bias is not None:
+                self.bias.clamp_(min=0.0)
+
+
+class SDMLinear(NonNegLinear):
+    """SDM layer (Bricken et al. 2023): y = W u / ||u||_2 with u = relu(x), rows of W unit-norm
+    and non-negative (the code ReLUs the input before normalising it)."""
+
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(F.normalize(x, dim=-1), self.weight)
+        return F.linear(F.normalize(F.relu(x), dim=-1), self.weight)
 
     @staticmethod
     def project(w: Tensor) -> Tensor:
         """Clamp to >= 0, then scale each row to unit L2 norm."""
         w = w.clamp_min(0.0)
         return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-    def project_(self) -> None:
-        with torch.no_grad():
-            self.weight.copy_(self.project(self.weight))
 
 
 def register_projections(

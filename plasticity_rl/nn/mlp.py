@@ -45,7 +45,8 @@ class MLPConfig:
     powerprop_alpha: float | None = None
     """Powerpropagation exponent for every layer; null for plain weights."""
     sdm: bool = False
-    """SDM constraints on the hidden layers: no bias, normalised inputs, unit non-negative rows."""
+    """SDM constraints (Bricken et al. 2023): hidden layers without bias, with ReLU'd and
+    L2-normalised inputs and unit-norm non-negative rows; output weights (and bias) >= 0."""
 
 
 class MLP(nn.Module):
@@ -125,6 +126,7 @@ def build_mlp(
                 weight_norm_centred=weight_norm_centred and normed,
                 powerprop_alpha=powerprop_alpha,
                 sdm=sdm and not is_output,
+                nonneg=sdm and is_output,
             )
         )
     activations = [make_activation(activation) for _ in hidden_sizes]

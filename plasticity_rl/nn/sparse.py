@@ -47,8 +47,11 @@ class TopK(nn.Module):
 
     With x_(i) the i-th largest value of a sample (over the last dimension):
 
-    - ``mode="mask"``: ``x_j if x_j >= x_(k) else 0``. Ties at the threshold: every unit equal
-      to x_(k) is kept, so more than k units can stay non-zero.
+    - ``mode="mask"``: ``x_j if x_j >= x_(k) else 0`` (Keskinen 2024's ``topk_mask``). With
+      ``relu_input=True`` the input goes through ReLU first, as in the code of Bricken et al.
+      2023 ("Sparse Distributed Memory is a Continual Learner", ``Top_K``): a sample with fewer
+      than k positive values keeps only those. Ties at the threshold: every unit equal to it is
+      kept.
     - ``mode="subtract"``: ``clip(x_j - x_(k), 0, clip_max)`` (``clip_max=None``:
       ``relu(x_j - x_(k))``). Subtracting the k-th largest value, as the code of Keskinen 2024
       ("Hard ASH", with ``clip_max=2``) and of Bricken et al. 2023 does, leaves k - 1 non-zero
@@ -58,20 +61,20 @@ class TopK(nn.Module):
       the unit at rank k, which receives minus the sum of the gradients of the units above 0
       and below ``clip_max``.
 
-    k annealing (``k_max`` and ``anneal_steps``): the k in use (:attr:`current_k`) goes linearly
-    from ``k_max`` down to ``k`` over ``anneal_steps`` training batches, where one training
-    batch is one forward pass in training mode (a network called several times per optimiser
-    step advances the schedule several times). It is rounded to the nearest integer, halves up,
-    and equals ``k`` from then on. Eval-mode forwards use the current k and do not advance it.
+    k annealing (``k_max`` and ``anneal_epochs``), as Bricken et al.'s ``LINEAR_DECAY``: after
+    e finished training epochs (:func:`end_epoch`, which the trainer calls at the end of every
+    epoch), the k in use (:attr:`current_k`) is
+    ``int(min(k_max, max(k_max - (k_max - k) / anneal_epochs * e, k)))`` (truncated, not
+    rounded), so it steps once per epoch and equals ``k`` from epoch ``anneal_epochs`` on.
 
-    GABA switch (Bricken et al. 2023; subtract mode only), with ``gaba_switch_T = T``: unit j
-    counts c_j, the number of training samples in which it was a winner (x_j >= x_(k), the
-    units the mask mode keeps: with no ties, the k largest). Its output is
-    ``relu(x_j - g_j * x_(k+1))`` with ``g_j = clamp(-1 + 2 c_j / T, -1, 1)``: a unit starts
-    excitatory (g = -1, ``relu(x_j + x_(k+1))``) and turns into a Top-K unit (g = +1) after T
-    activations. With the switch the threshold is the (k+1)-th largest value (0 if k equals the
-    layer width), so k units stay active. The counters move only in training mode, after the
-    output is computed.
+    GABA switch (Bricken et al. 2023; subtract mode only), with ``gaba_switch_T = T``: the
+    input goes through ReLU first and the threshold is the (k+1)-th largest value (the code
+    adds 1 to k only here), so a unit's output is
+    ``o_j = relu(relu(x_j) - g_j * relu(x)_(k+1))`` with ``g_j = clamp(-1 + 2 c_j / T, -1, 1)``.
+    c_j counts the samples in which o_j > 0, in EVERY forward pass (training and evaluation,
+    as the code does), after the output is computed. A unit starts excitatory (g = -1: all
+    units with a positive threshold fire) and turns into a plain Top-K unit (g = +1, k winners)
+    after T activations. If k + 1 exceeds the width, the smallest value is the threshold.
 
     Both counters are buffers (in ``state_dict`` and checkpoints). Without ``width`` the GABA
     counters are sized at the first forward pass; loading a state dict into a fresh module sizes
@@ -80,12 +83,14 @@ class TopK(nn.Module):
     Args:
         k: number of active units per sample (the final k when annealing).
         mode: ``"subtract"`` or ``"mask"`` (see above).
-        k_max: k at the start of annealing (>= k); requires ``anneal_steps >= 1``.
-        anneal_steps: training batches over which k goes from ``k_max`` to ``k``.
-        gaba_switch_T: activations (winning samples) after which a unit becomes inhibitory.
+        k_max: k at the start of annealing (>= k); requires ``anneal_epochs >= 1``.
+        anneal_epochs: training epochs over which k goes from ``k_max`` to ``k``.
+        gaba_switch_T: activations after which a unit becomes inhibitory.
         width: layer width; optional, sizes the GABA counters up front and is checked at forward.
         clip_max: upper clip of the subtract output (Keskinen 2024: 2); None: no upper clip.
         threshold_grad: let the gradient flow through the subtracted threshold.
+        relu_input: apply ReLU to the input first (Bricken et al. 2023's mask; the GABA switch
+            always does).
     """
 
     def __init__(
@@ -93,19 +98,20 @@ class TopK(nn.Module):
         k: int,
         mode: str = "subtract",
         k_max: int | None = None,
-        anneal_steps: int = 0,
+        anneal_epochs: int = 0,
         gaba_switch_T: float | None = None,
         width: int | None = None,
         clip_max: float | None = None,
         threshold_grad: bool = False,
+        relu_input: bool = False,
     ):
         super().__init__()
         require(_is_int(k) and k >= 1, "topk.k", k, "an integer >= 1 (and <= layer width)")
         require(mode in TOPK_MODES, "topk.mode", mode, TOPK_MODES)
         require(
-            _is_int(anneal_steps) and anneal_steps >= 0,
-            "topk.anneal_steps",
-            anneal_steps,
+            _is_int(anneal_epochs) and anneal_epochs >= 0,
+            "topk.anneal_epochs",
+            anneal_epochs,
             "an integer >= 0",
         )
         if k_max is not None:
@@ -116,13 +122,16 @@ class TopK(nn.Module):
                 f"null or an integer >= k ({k}) (and <= layer width)",
             )
             require(
-                anneal_steps >= 1, "topk.anneal_steps", anneal_steps, "an integer >= 1 with k_max"
+                anneal_epochs >= 1,
+                "topk.anneal_epochs",
+                anneal_epochs,
+                "an integer >= 1 with k_max",
             )
         else:
             require(
-                anneal_steps == 0,
-                "topk.anneal_steps",
-                anneal_steps,
+                anneal_epochs == 0,
+                "topk.anneal_epochs",
+                anneal_epochs,
                 "0 unless k_max is set (k_max gives the k annealing starts from)",
             )
         if gaba_switch_T is not None:
@@ -141,6 +150,7 @@ class TopK(nn.Module):
                 "null or a number > 0",
             )
         require(isinstance(threshold_grad, bool), "topk.threshold_grad", threshold_grad, "a bool")
+        require(isinstance(relu_input, bool), "topk.relu_input", relu_input, "a bool")
         if clip_max is not None or threshold_grad:
             require(
                 mode == "subtract", "topk.mode", mode, "subtract (with clip_max or threshold_grad)"
@@ -155,16 +165,17 @@ class TopK(nn.Module):
         self.k = int(k)
         self.mode = mode
         self.k_max = None if k_max is None else int(k_max)
-        self.anneal_steps = int(anneal_steps)
+        self.anneal_epochs = int(anneal_epochs)
         self.gaba_switch_T = None if gaba_switch_T is None else float(gaba_switch_T)
         self.width = None if width is None else int(width)
         self.clip_max = None if clip_max is None else float(clip_max)
         self.threshold_grad = threshold_grad
+        self.relu_input = relu_input or gaba_switch_T is not None
         if self.k_max is not None:
-            # Training-mode forward passes (= training batches) seen so far.
-            self.register_buffer("training_forwards", torch.zeros((), dtype=torch.long))
+            # Training epochs finished so far (end_epoch).
+            self.register_buffer("epochs", torch.zeros((), dtype=torch.long))
         if self.gaba_switch_T is not None:
-            # c_j: training samples in which unit j was a winner; empty until the width is known.
+            # c_j: samples in which unit j fired; empty until the width is known.
             self.register_buffer("gaba_counts", torch.zeros(self.width or 0, dtype=torch.long))
             self.register_load_state_dict_pre_hook(_size_gaba_counts)
 
@@ -173,12 +184,17 @@ class TopK(nn.Module):
         """The k in use now: annealed from ``k_max`` to ``k``, or ``k`` without annealing."""
         if self.k_max is None:
             return self.k
-        fraction = min(int(self.training_forwards), self.anneal_steps) / self.anneal_steps
-        return math.floor(self.k_max - (self.k_max - self.k) * fraction + 0.5)
+        slope = -(self.k_max - self.k) / self.anneal_epochs
+        return int(min(self.k_max, max(self.k_max + slope * int(self.epochs), self.k)))
+
+    def end_epoch(self) -> None:
+        """Count one finished training epoch (advances the k annealing)."""
+        if self.k_max is not None:
+            self.epochs += 1
 
     def gaba_gain(self) -> Tensor:
         """g_j = clamp(-1 + 2 c_j / T, -1, 1) for every unit (empty before the first forward)."""
-        return (2.0 * self.gaba_counts / self.gaba_switch_T - 1.0).clamp(-1.0, 1.0)
+        return (-1.0 + (2.0 / self.gaba_switch_T) * self.gaba_counts.float()).clamp(-1.0, 1.0)
 
     def _check_width(self, width: int) -> None:
         require(self.k <= width, "topk.k", self.k, f"an integer >= 1 and <= layer width ({width})")
@@ -199,33 +215,32 @@ class TopK(nn.Module):
         width = x.shape[-1]
         self._check_width(width)
         k = self.current_k
+        gaba = self.gaba_switch_T is not None
+        if self.relu_input:
+            x = F.relu(x)
         # The k (+1 if it exists) largest values of each sample, largest first.
         top = (x if self.threshold_grad else x.detach()).topk(min(k + 1, width), dim=-1).values
-        winners = x.detach() >= top[..., k - 1 : k].detach()
         if self.mode == "mask":
-            out = x * winners
-        else:
-            threshold = top[..., k - 1 : k]  # x_(k); the GABA switch subtracts x_(k+1)
-            if self.gaba_switch_T is not None:
-                threshold = top[..., k : k + 1] if k < width else torch.zeros_like(top[..., :1])
-                if self.gaba_counts.numel() == 0:
-                    self.gaba_counts = torch.zeros(width, dtype=torch.long, device=x.device)
-                threshold = self.gaba_gain().to(x.dtype) * threshold
-            out = F.relu(x - threshold)
+            return x * (x.detach() >= top[..., k - 1 : k].detach())
+        # Bricken et al.'s code: the (k+1)-th largest value with the GABA switch, the k-th without.
+        rank = min(k + 1, width) if gaba else k
+        threshold = top[..., rank - 1 : rank]
+        if gaba:
+            if self.gaba_counts.numel() == 0:
+                self.gaba_counts = torch.zeros(width, dtype=torch.long, device=x.device)
+            threshold = self.gaba_gain().to(x.dtype) * threshold
+        out = F.relu(x - threshold)
         if self.clip_max is not None:
             out = out.clamp(max=self.clip_max)
-        if self.training:
+        if gaba:
             with torch.no_grad():
-                if self.gaba_switch_T is not None:
-                    self.gaba_counts += winners.reshape(-1, width).sum(0)
-                if self.k_max is not None:
-                    self.training_forwards += 1
+                self.gaba_counts += (out.detach() > 0).reshape(-1, width).sum(0)
         return out
 
     def extra_repr(self) -> str:
         parts = [f"k={self.k}", f"mode={self.mode}"]
         if self.k_max is not None:
-            parts += [f"k_max={self.k_max}", f"anneal_steps={self.anneal_steps}"]
+            parts += [f"k_max={self.k_max}", f"anneal_epochs={self.anneal_epochs}"]
         if self.gaba_switch_T is not None:
             parts.append(f"gaba_switch_T={self.gaba_switch_T:g}")
         if self.width is not None:
@@ -234,7 +249,16 @@ class TopK(nn.Module):
             parts.append(f"clip_max={self.clip_max:g}")
         if self.threshold_grad:
             parts.append("threshold_grad=True")
+        if self.relu_input and self.gaba_switch_T is None:
+            parts.append("relu_input=True")
         return ", ".join(parts)
+
+
+def end_epoch(model: nn.Module) -> None:
+    """Tell every layer of ``model`` that a training epoch has ended (:meth:`TopK.end_epoch`)."""
+    for module in model.modules():
+        if isinstance(module, TopK):
+            module.end_epoch()
 
 
 def ash_gate_input(x: Tensor, alpha: float, z_k: float) -> Tensor:

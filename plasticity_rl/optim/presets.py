@@ -6,7 +6,9 @@ table: :func:`make_optimizer` builds the optimiser (and attaches the step hooks)
 :func:`sb3_optimizer_args` hands class and kwargs to stable-baselines3, which builds it itself.
 
 Every preset accepts ``lr`` and ``weight_decay`` (coupled L2: weight_decay * p is added to the
-gradient, as all torch optimisers here do). Default learning rates are torch's own defaults.
+gradient, as all torch optimisers here do), and every spec ``update_clip`` (element-wise clip of
+the update) and ``grad_clip_norm`` (joint L2-norm clip of the gradients, before the step).
+Default learning rates are torch's own defaults.
 
 Example:
     >>> import torch
@@ -28,7 +30,7 @@ from torch import Tensor, nn
 from plasticity_rl.nn.layers import register_projections
 from plasticity_rl.optim.adam import Adam, check_adam_args
 from plasticity_rl.optim.rmsprop import RMSpropEpsInSqrt
-from plasticity_rl.optim.transforms import clip_updates
+from plasticity_rl.optim.transforms import clip_grad_norm, clip_updates
 from plasticity_rl.registry import ConfigError, Registry, require, split_spec
 
 OptimizerRecipe = tuple[type[torch.optim.Optimizer], dict[str, Any]]
@@ -163,12 +165,16 @@ def adam_no_bias_correction(
     return adam(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, bias_correction=False)
 
 
-def _recipe(spec: SpecType, overrides: Mapping[str, Any]) -> tuple[OptimizerRecipe, Any]:
-    """Look up a spec's preset: ``((class, kwargs), update_clip)``; overrides win over the spec."""
+STEP_HOOK_KEYS = ("update_clip", "grad_clip_norm")
+"""Spec keys that are not preset kwargs but step hooks (:func:`attach_step_hooks`)."""
+
+
+def _recipe(spec: SpecType, overrides: Mapping[str, Any]) -> tuple[OptimizerRecipe, dict[str, Any]]:
+    """Look up a spec's preset: ``((class, kwargs), step hook settings)``; overrides win."""
     name, kwargs = split_spec(spec, "optimizer")
     kwargs.update(overrides)
-    update_clip = kwargs.pop("update_clip", None)
-    return OPTIMIZERS.create(name, **kwargs), update_clip
+    hooks = {key: kwargs.pop(key, None) for key in STEP_HOOK_KEYS}
+    return OPTIMIZERS.create(name, **kwargs), hooks
 
 
 def make_optimizer(
@@ -181,17 +187,18 @@ def make_optimizer(
     Args:
         model_or_params: a module (its projections are registered too), or parameters /
             parameter groups.
-        spec: a preset name, or ``{name: ..., **preset kwargs, update_clip: float | None}``.
-        **overrides: preset kwargs (or ``update_clip``) that replace the spec's.
+        spec: a preset name, or ``{name: ..., **preset kwargs, update_clip: float | None,
+            grad_clip_norm: float | None}``.
+        **overrides: preset kwargs (or step hook settings) that replace the spec's.
 
     Returns:
         the optimiser; the attached hook handles are in ``optimizer.plasticity_handles``.
     """
-    (optimizer_class, kwargs), update_clip = _recipe(spec, overrides)
+    (optimizer_class, kwargs), hooks = _recipe(spec, overrides)
     is_module = isinstance(model_or_params, nn.Module)
     params = model_or_params.parameters() if is_module else model_or_params
     optimizer = optimizer_class(params, **kwargs)
-    attach_step_hooks(optimizer, model_or_params if is_module else None, update_clip=update_clip)
+    attach_step_hooks(optimizer, model_or_params if is_module else None, **hooks)
     return optimizer
 
 
@@ -200,8 +207,10 @@ def attach_step_hooks(
     model: nn.Module | None = None,
     *,
     update_clip: float | None = None,
+    grad_clip_norm: float | None = None,
 ) -> list[Any]:
-    """Attach, in this order, the update clip and the model's constraint projections (SDM).
+    """Attach, in this order, the gradient-norm clip, the update clip and the model's
+    constraint projections (SDM).
 
     The order matters: the projection must see the clipped step. The new handles are appended
     to the list ``optimizer.plasticity_handles`` (created if missing) and also returned; each has
@@ -209,9 +218,14 @@ def attach_step_hooks(
 
     Args:
         update_clip: clip each element of the update to [-update_clip, update_clip]; None = off.
+        grad_clip_norm: rescale the gradients to a joint L2 norm <= grad_clip_norm before the
+            step (:func:`~plasticity_rl.optim.transforms.clip_grad_norm`); None = off. Gradient
+            pre-hooks attached later (EWC/MAS/SI penalties) add their terms after the clip.
         model: if given, :func:`plasticity_rl.nn.layers.register_projections` is attached.
     """
     handles: list[Any] = []
+    if grad_clip_norm is not None:
+        handles.append(clip_grad_norm(optimizer, grad_clip_norm))
     if update_clip is not None:
         handles.append(clip_updates(optimizer, update_clip))
     projections = None if model is None else register_projections(model, optimizer)

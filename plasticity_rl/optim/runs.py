@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from plasticity_rl.optim.adam import UNIFORM_STEP
-from plasticity_rl.optim.presets import OPTIMIZERS, SpecType, make_optimizer
+from plasticity_rl.optim.presets import OPTIMIZERS, STEP_HOOK_KEYS, SpecType, make_optimizer
 from plasticity_rl.registry import require, split_spec
 
 PER_RUN_LR_OPTIMIZERS = ("sgd", "sgdm")
@@ -66,18 +66,25 @@ def make_run_optimizer(
         lrs: one learning rate per run (SGD and SGDM only), or None for the spec's ``lr``.
 
     Raises:
-        ConfigError: ``lrs`` for an adaptive optimiser, of the wrong length, or out of range.
+        ConfigError: ``lrs`` for an adaptive optimiser, of the wrong length, or out of range;
+            a ``grad_clip_norm`` (one norm over all runs would mix them).
     """
+    name, kwargs = split_spec(spec, "optimizer")
+    require(
+        kwargs.get("grad_clip_norm") is None,
+        "optimizer.grad_clip_norm",
+        kwargs.get("grad_clip_norm"),
+        "null for batched runs (the norm would mix the runs)",
+    )
     if lrs is None:
         return make_optimizer(model, spec)
-    name, kwargs = split_spec(spec, "optimizer")
     lrs = list(lrs)
     require(name in PER_RUN_LR_OPTIMIZERS, "optimizer.lr", lrs,
             f"one number for {name} (a per-run list needs {' or '.join(PER_RUN_LR_OPTIMIZERS)}: "
             "adaptive optimisers are not linear in the gradient)")  # fmt: skip
     require(len(lrs) == runs, "optimizer.lr", lrs, f"a number, or a list of {runs} (one per run)")
     for lr in lrs:  # each run's settings must be valid on their own
-        others = {k: v for k, v in kwargs.items() if k not in ("lr", "update_clip")}
+        others = {k: v for k, v in kwargs.items() if k not in ("lr", *STEP_HOOK_KEYS)}
         OPTIMIZERS.create(name, **others, lr=lr)
     weight_decay = float(kwargs.get("weight_decay", 0.0))
     optimizer = make_optimizer(model, spec, lr=1.0, weight_decay=0.0)

@@ -57,3 +57,22 @@ def clip_updates(optimizer: torch.optim.Optimizer, max_abs: float) -> UpdateClip
     """
     require(max_abs > 0, "optimizer.update_clip", max_abs, "a number > 0, or null for no clip")
     return UpdateClipHandle(optimizer, max_abs)
+
+
+def clip_grad_norm(optimizer: torch.optim.Optimizer, max_norm: float) -> Any:
+    """Before every step, rescale all gradients so that their joint L2 norm is <= max_norm.
+
+    ``torch.nn.utils.clip_grad_norm_`` over every parameter of the optimiser, in a step
+    pre-hook: g <- g * min(1, max_norm / (||g||_2 + 1e-6)), ||g||_2 the norm of all gradients
+    together. Bricken et al. 2023 clip every model at 1.0 (their ``gradient_clip``).
+
+    Returns:
+        the hook's handle (``remove()`` detaches it).
+    """
+    require(max_norm > 0, "optimizer.grad_clip_norm", max_norm, "a number > 0, or null for no clip")
+
+    def clip(opt: torch.optim.Optimizer, *_: Any) -> None:
+        params = [p for group in opt.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    return optimizer.register_step_pre_hook(clip)

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from plasticity_rl.config import to_yaml
 from plasticity_rl.methods import Method
+from plasticity_rl.nn.sparse import end_epoch
 from plasticity_rl.registry import require
 from plasticity_rl.supervised.checkpoint import (
     CHECKPOINT,
@@ -141,6 +142,7 @@ def train_tasks(
                         continual_eval(run_stream, run_net, t, test_sets[run], tc, writer, step,
                                        progresses[run])  # fmt: skip
                 bar.update()
+            end_epoch(model)  # e.g. Top-K's k annealing steps once per epoch
         bar.close()
         if stream.online:
             online = 100.0 * correct_online / max(seen_online, 1)
