@@ -130,7 +130,7 @@ def test_one_sgd_step_matches_their_backprop(agent, prefix, hand_backprop):
     output, loss = train_step(learner, x, y, "cross_entropy")
     learner.run_model(0)  # apply any deferred step
     np.testing.assert_allclose(output.detach().numpy(), data["output"], rtol=1e-6, atol=1e-7)
-    assert float(loss) == pytest.approx(float(data["loss"]), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(data["loss"]), rel=1e-6)
     for i, layer in enumerate(layers):
         for name in ("weight", "bias"):
             np.testing.assert_allclose(

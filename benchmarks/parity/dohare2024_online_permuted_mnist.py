@@ -1,8 +1,8 @@
 """Statistical parity with Dohare et al. 2024's Online Permuted MNIST code (project side only).
 
-Runs the project's Online Permuted MNIST (``envs/online-permuted-mnist`` with a learner preset,
-narrowed and shortened by the settings recorded in the JSON) as one batched group of seeds, and
-compares per task with the reference numbers recorded in
+Runs the project's Online Permuted MNIST (``envs/online-permuted-mnist`` with the learner preset
+of a setting recorded in the JSON, narrowed and shortened as the setting says) as one batched
+group of seeds, and compares per task with the reference numbers recorded in
 ``benchmarks/results/parity/dohare2024-online-permuted-mnist.json`` (per-seed numbers of the
 authors' ``lop/permuted_mnist/online_expr.py``; provenance in the ``.md`` beside it):
 
@@ -16,7 +16,7 @@ table (mean and 95% Student-t CI of each side, difference of means, seeds) into 
 Needs the real MNIST IDX files:
 
     python benchmarks/parity/dohare2024_online_permuted_mnist.py --data-dir DIR \
-        [--agent bp] [--runs 5]
+        [--setting bp] [--runs 5]
 """
 
 from __future__ import annotations
@@ -42,13 +42,13 @@ RANKS = ("effective_rank", "approximate_rank", "srank99")
 """Our names of their ``effective_ranks``, ``approximate_ranks``, ``abs_approximate_ranks``."""
 
 
-def project_config(agent: str, settings: dict[str, Any], data_dir: str) -> SupervisedRunConfig:
-    """The preset, narrowed and shortened to the recorded settings."""
+def project_config(settings: dict[str, Any], data_dir: str) -> SupervisedRunConfig:
+    """The setting's learner preset, narrowed and shortened to the recorded settings."""
     width, layers = settings["num_features"], settings["num_hidden_layers"]
     return resolve(
         SupervisedRunConfig,
         {"stream": load_preset("envs", "online-permuted-mnist")},
-        load_preset("agents", agent),
+        load_preset("agents", settings["preset"]),
         {
             "stream": {
                 "kwargs": {
@@ -64,9 +64,9 @@ def project_config(agent: str, settings: dict[str, Any], data_dir: str) -> Super
     )
 
 
-def run_project(agent: str, settings: dict[str, Any], data_dir: str, seeds: list[int]) -> list:
+def run_project(settings: dict[str, Any], data_dir: str, seeds: list[int]) -> list:
     """Per-seed numbers of the project, in the reference JSON's layout."""
-    cfg = project_config(agent, settings, data_dir)
+    cfg = project_config(settings, data_dir)
     layers = settings["num_hidden_layers"]
     with tempfile.TemporaryDirectory() as tmp:
         dirs = [Path(tmp) / f"s{seed}" for seed in seeds]
@@ -126,25 +126,26 @@ def table(reference: list[dict], project: list[dict], settings: dict[str, Any]) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="directory with the MNIST IDX files")
-    parser.add_argument("--agent", default="bp", help="learner preset recorded in the JSON")
+    parser.add_argument("--setting", default="bp", help="a setting recorded in the JSON")
     parser.add_argument("--runs", type=int, default=5, help="seeds 0 .. runs-1, batched")
     args = parser.parse_args()
     torch.set_num_threads(1)
     path = RESULTS / f"{NAME}.json"
     record = json.loads(path.read_text())
-    setting = record["settings"][args.agent]
-    record.setdefault("project", {})[args.agent] = run_project(
-        args.agent, setting, args.data_dir, list(range(args.runs))
+    setting = record["settings"][args.setting]
+    record.setdefault("project", {})[args.setting] = run_project(
+        setting, args.data_dir, list(range(args.runs))
     )
-    record.setdefault("project_machine", {})[args.agent] = (
+    record.setdefault("project_machine", {})[args.setting] = (
         f"{platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}"
     )
     path.write_text(json.dumps(record, indent=1) + "\n")
     sections = []
-    for agent in record["settings"]:
-        if agent in record.get("project", {}) and agent in record["reference"]:
-            sections += [f"### {agent}", "", *table(record["reference"][agent],
-                         record["project"][agent], record["settings"][agent]), ""]  # fmt: skip
+    for name, settings in record["settings"].items():
+        if name in record.get("project", {}) and name in record["reference"]:
+            title = f"### {name} (preset `{settings['preset']}`, step {settings['step_size']})"
+            rows = table(record["reference"][name], record["project"][name], settings)
+            sections += [title, "", *rows, ""]
     md = RESULTS / f"{NAME}.md"
     head = md.read_text().split("<!-- table -->")[0] if md.exists() else ""
     md.write_text(head + "<!-- table -->\n\n" + "\n".join(sections))
