@@ -90,6 +90,12 @@ def make_linear(
         powerprop_alpha,
         "null or a number > 0 (the paper recommends (1, 3])",
     )
+    require(
+        weight_norm or not weight_norm_centred,
+        "layer.weight_norm_centred",
+        weight_norm_centred,
+        "false unless weight_norm is set",
+    )
     if (sdm or nonneg) and (weight_norm or powerprop_alpha is not None):
         raise ConfigError("layer.sdm", True, "sdm=false when weight_norm or powerprop is set")
     if weight_norm and powerprop_alpha is not None:
@@ -106,12 +112,6 @@ def make_linear(
             layer.bias.zero_()
         if isinstance(layer, NonNegLinear) and layer.bias is not None:
             layer.bias.clamp_(min=0.0)
-    require(
-        weight_norm or not weight_norm_centred,
-        "layer.weight_norm_centred",
-        weight_norm_centred,
-        "false unless weight_norm is set",
-    )
     if weight_norm:
         parametrize.register_parametrization(layer, "weight", UnitNormRows(weight_norm_centred))
     if powerprop_alpha is not None:
