@@ -57,9 +57,9 @@ from plasticity_rl.config import REPO_ROOT
 from plasticity_rl.experiments.results import flatten
 from plasticity_rl.experiments.spec import Experiment, Trial, resolve_trial, script
 from plasticity_rl.registry import ConfigError
+from plasticity_rl.rundir import CHECKPOINT
 
 TRIAL_LOG = "trial.log"
-CHECKPOINT = Path("checkpoints") / "latest.pt"
 IGNORED_CONFIG_KEYS = ("agent_preset", "data_dir", "env_preset")
 """Config fields that may differ between a trial and its existing run (paths)."""
 LOG_TAIL_LINES = 25
@@ -186,7 +186,14 @@ def plan(
     for setting_trials in settings.values():
         to_run: list[tuple[Trial, Any, TrialJob]] = []
         for trial in setting_trials:
-            cfg, job = _plan_run(trial, experiment, logdir, preset_dir, extra, data_dirs or {})
+            try:
+                cfg, job = _plan_run(trial, experiment, logdir, preset_dir, extra,
+                                     data_dirs or {})  # fmt: skip
+            except ConfigError as err:  # a bad value fails its own trial, not the sweep
+                run_dir = logdir / trial.run_name
+                settled.append(TrialOutcome(trial.run_name, "failed", [run_dir],
+                                            message=f"error: {err}"))  # fmt: skip
+                continue
             if isinstance(job, TrialOutcome):
                 settled.append(job)
             elif job.action == "evaluate":
@@ -304,7 +311,7 @@ def batching_refusal(cfg: Any, seeds: Sequence[int]) -> str | None:
             build_batched_learner(cfg, seeds)
     except (ConfigError, DatasetNotFound, DatasetFormatError) as err:
         return str(err)
-    except (NotImplementedError, RuntimeError) as err:  # an operation the meta device lacks
+    except Exception as err:  # an operation the meta device lacks, a bad value: run alone
         return f"the check on the meta device failed ({type(err).__name__}: {err})"
     return None
 
