@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -93,7 +94,8 @@ class Registry(Generic[T]):
         return self._entries[key]
 
     def create(self, name_or_class: str | Callable[..., T], **kwargs: Any) -> T:
-        """Instantiate an entry; unknown keyword names raise :class:`ConfigError`."""
+        """Instantiate an entry; unknown keyword names, and values that are not finite numbers
+        where the default is a number (``lr=abc``, ``lr=nan``), raise :class:`ConfigError`."""
         factory = self.get(name_or_class)
         label = name_or_class if isinstance(name_or_class, str) else factory.__name__
         allowed = accepted_kwargs(factory)
@@ -101,7 +103,28 @@ class Registry(Generic[T]):
             for key in kwargs:
                 if key not in allowed:
                     raise ConfigError(f"{self.kind}.{label} key", key, sorted(allowed) or "no keys")
+        for key in numeric_parameters(factory):
+            if key in kwargs:
+                require_number(f"{self.kind}.{label}.{key}", kwargs[key])
         return factory(**kwargs)
+
+
+def require_number(key: str, value: Any) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a finite real number (not a bool), or a
+    list of them (one per batched run)."""
+    values = value if isinstance(value, list | tuple) and value else [value]
+    ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    require(ok and all(math.isfinite(v) for v in values), key, value, "a finite number")
+
+
+def numeric_parameters(factory: Callable[..., Any]) -> list[str]:
+    """The keyword arguments of ``factory`` whose default is a number (bools aside)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params
+            if isinstance(p.default, int | float) and not isinstance(p.default, bool)]  # fmt: skip
 
 
 def accepted_kwargs(factory: Callable[..., Any]) -> set[str] | None:
