@@ -269,3 +269,10 @@ def test_a_bad_checkpoint_on_resume_exits_2_and_writes_nothing(damage, tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("error: --resume: got ") and len(err.strip().splitlines()) == 1, err
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*")} == before
+
+
+def test_the_progress_bar_counts_env_steps_up_to_the_total(tmp_path, capsys):
+    argv = [a for a in SMALL if a != "--no-progress"] + ["--total-steps", "300"]
+    assert main([*argv, "--logdir", str(tmp_path), "--name", "r"]) == 0  # two rollouts of 256
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert re.search(r"100%.*\b300/300 \[.* env steps/s\]", bar), bar

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
+from tqdm import tqdm
 
 from plasticity_rl.agents.checkpoint import save_checkpoint
 from plasticity_rl.agents.config import LoggingConfig
@@ -174,3 +175,31 @@ class PlasticityCallback(BaseCallback):
         for method in self.methods.values():
             for key, value in method.stats().items():
                 self.logger.record(f"plasticity/{key}", value)
+
+
+class EnvStepProgress(BaseCallback):
+    """A progress bar of env steps up to the run's total (SB3's own bar ends past the total
+    when the last rollout overshoots it, and restarts from 0 on a resumed run).
+
+    Args:
+        total_steps: the run's total env steps (``total_steps`` of the config).
+    """
+
+    def __init__(self, total_steps: int):
+        super().__init__()
+        self.total_steps = total_steps
+        self._bar: tqdm | None = None
+
+    def _on_training_start(self) -> None:
+        done = min(self.num_timesteps, self.total_steps)
+        self._bar = tqdm(total=self.total_steps, initial=done, unit=" env steps", unit_scale=True,
+                         dynamic_ncols=True)  # fmt: skip
+
+    def _on_step(self) -> bool:
+        assert self._bar is not None
+        self._bar.update(min(self.num_timesteps, self.total_steps) - self._bar.n)
+        return True
+
+    def _on_training_end(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -30,7 +30,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
 import plasticity_rl.envs  # noqa: F401  (registers the plasticity_rl/ env ids)
-from plasticity_rl.agents.callbacks import PlasticityCallback
+from plasticity_rl.agents.callbacks import EnvStepProgress, PlasticityCallback
 from plasticity_rl.agents.checkpoint import load_checkpoint
 from plasticity_rl.agents.config import RLRunConfig
 from plasticity_rl.agents.policy import PlasticityActorCriticPolicy
@@ -206,9 +206,8 @@ def _learn(cfg: RLRunConfig, run_dir: Path, model: PPO, methods: dict[str, Metho
     try:
         model.learn(
             total_timesteps=max(cfg.total_steps - model.num_timesteps, 0),
-            callback=callback,
+            callback=[callback, EnvStepProgress(cfg.total_steps)] if progress_bar else callback,
             reset_num_timesteps=not resume,
-            progress_bar=progress_bar,
         )
     except ValueError as err:  # torch's Normal refuses a NaN mean: the network diverged
         if _finite(model) and "invalid values" not in str(err):
