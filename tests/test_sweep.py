@@ -281,3 +281,18 @@ def test_one_bad_trial_fails_alone_and_the_others_run_batched(bad, tmp_path, cap
     assert "sweep summary (trials): 1 done (3 runs), 0 skipped (0 runs)" in out
     assert "done: r/bp__s0,1,2" in out and "r/bad__s0" in out
     assert re.search(r"error: optimizer\.\w+\.lr: got '?" + re.escape(bad), out), out
+
+
+def test_a_trial_stopped_by_a_signal_stops_the_local_sweep(tmp_path, capsys, monkeypatch):
+    calls = []
+
+    def interrupted_script(argv):
+        calls.append(argv)
+        return 130  # what train_*.py returns after checkpointing on SIGINT
+
+    monkeypatch.setattr("plasticity_rl.experiments.runner.load_script_main",
+                        lambda script: interrupted_script)  # fmt: skip
+    spec = write_spec(tmp_path, REGRESSION, "r")
+    code, _, err = sweep(capsys, str(spec), "--executor", "local", "--logdir", str(tmp_path / "s"))
+    assert code == 130 and len(calls) == 1
+    assert err.startswith("interrupted: the sweep stopped") and "run the same command" in err
