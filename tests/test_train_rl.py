@@ -128,7 +128,9 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert checkpoint.exists(), proc.stderr.read().decode()
-    assert '"running"' in (tmp_path / "killed" / "status.json").read_text()
+    status = json.loads((tmp_path / "killed" / "status.json").read_text())
+    steps = final_state(tmp_path / "killed")["num_timesteps"]
+    assert status["state"] == "running" and 0 < status["checkpoint_env_steps"] <= steps
     # The run length only decides when the loop stops, so compare both runs at the same length.
     total = str(final_state(tmp_path / "killed")["num_timesteps"] + 512)
     assert (

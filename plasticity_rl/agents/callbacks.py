@@ -52,6 +52,7 @@ class PlasticityCallback(BaseCallback):
         schedule: the next env step at which to log metrics / checkpoint (restored on resume).
         stop: polled at each rollout start; once it has received a signal, the run
             checkpoints there and stops (:class:`plasticity_rl.rundir.StopSignals`).
+        on_checkpoint: called with the env steps after each checkpoint (``status.json``).
 
     Metrics are also logged at the first rollout end and at the end of training, so a short
     run has them. No checkpoint is written before the first env step of this ``learn`` call
@@ -68,6 +69,7 @@ class PlasticityCallback(BaseCallback):
         checkpoint_path: Path | None,
         schedule: dict[str, int] | None = None,
         stop: StopSignals | None = None,
+        on_checkpoint: Callable[[int], None] | None = None,
     ):
         super().__init__()
         self.networks, self.methods, self.cfg = networks, methods, logging
@@ -76,7 +78,7 @@ class PlasticityCallback(BaseCallback):
             "next_metrics": logging.metrics_every_env_steps,
             "next_checkpoint": logging.checkpoint_every_env_steps,
         }
-        self.stop = stop
+        self.stop, self.on_checkpoint = stop, on_checkpoint
         self.stopped = False
         self.checkpoint_steps: int | None = None
         """The env steps of the last checkpoint written (None: none yet in this call)."""
@@ -135,10 +137,12 @@ class PlasticityCallback(BaseCallback):
         """Write the checkpoint now; nothing before this ``learn`` call's first env step (nor
         without a checkpoint path)."""
         if self.checkpoint_path is not None and self.num_timesteps > self._start_steps:
-            self.checkpoint_steps = self.num_timesteps
             save_checkpoint(
                 self.checkpoint_path, self.model, self.methods, {"schedule": dict(self.schedule)}
             )
+            self.checkpoint_steps = self.num_timesteps
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(self.num_timesteps)
 
     def _advance(self, key: str, every: int) -> None:
         while self.schedule[key] <= self.num_timesteps:

@@ -193,14 +193,16 @@ def _learn(cfg: RLRunConfig, run_dir: Path, model: PPO, methods: dict[str, Metho
            resume: bool) -> PPO:  # fmt: skip
     write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))  # a resume may extend total_steps
     model.set_logger(configure(str(run_dir), ["tensorboard"]))
-    callback = PlasticityCallback(
-        model.policy.networks, methods, cfg.logging, run_dir / CHECKPOINT, schedule, stop
-    )
 
     def status(state: str, **fields: Any) -> None:
         steps = {"env_steps": model.num_timesteps, "total_steps": cfg.total_steps}
         write_status(run_dir, state, **steps, **fields)
 
+    def on_checkpoint(steps: int) -> None:
+        status("running", checkpoint_env_steps=steps)
+
+    callback = PlasticityCallback(model.policy.networks, methods, cfg.logging,
+                                  run_dir / CHECKPOINT, schedule, stop, on_checkpoint)  # fmt: skip
     status("running")
     start = time.time()
     try:
