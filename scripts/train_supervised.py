@@ -6,8 +6,9 @@ Example:
 
 Stream presets live in ``envs/``, learner presets in ``agents/`` (names or paths); ``--set``
 overrides any field of ``plasticity_rl.supervised.config.SupervisedRunConfig``. The run writes
-TensorBoard logs (``cl/``, ``plasticity/``), ``config.yaml``, a checkpoint at every task
-boundary (``--resume RUN_DIR`` continues from it) and ``results.json`` with the final numbers.
+TensorBoard logs (``cl/``, ``plasticity/``), ``config.yaml``, ``status.json``, a checkpoint at
+every task boundary and regression bin, and mid-task every ``train.checkpoint_every_steps``
+(``--resume RUN_DIR`` continues from it exactly) and ``results.json`` with the final numbers.
 
 Many seeds in one process (batched runs, any stream; not with a CNN, SDM layers, Top-K's GABA
 switch or the task-boundary methods EWC, MAS, SI and replay): ``--runs 30`` trains seeds

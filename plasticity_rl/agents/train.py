@@ -227,7 +227,7 @@ def _learn(cfg: RLRunConfig, run_dir: Path, model: PPO, methods: dict[str, Metho
         steps = model.num_timesteps if callback.checkpoint_steps is None else (
             callback.checkpoint_steps)  # fmt: skip
         write_status(run_dir, "interrupted", env_steps=steps, total_steps=cfg.total_steps,
-                     signal=stop.received)  # fmt: skip
+                     checkpoint_env_steps=steps, signal=stop.received)  # fmt: skip
         raise Interrupted(stop.received, steps)
     status("complete", wall_seconds=round(time.time() - start, 1))
     return model
