@@ -20,9 +20,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from plasticity_rl.config import REPO_ROOT, load_preset, preset_names
+from plasticity_rl.config import REPO_ROOT, load_preset, preset_names, resolve
 from plasticity_rl.registry import ConfigError
 from plasticity_rl.rundir import CHECKPOINT
+from plasticity_rl.supervised.config import SupervisedRunConfig
 from plasticity_rl.supervised.datasets import SOURCES, write_dataset
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
@@ -451,6 +452,8 @@ def test_presets_read_numbers_by_yaml_1_2_and_refuse_bad_files(tmp_path):
     preset = tmp_path / "sci.yaml"
     preset.write_text("optimizer: {name: adam, lr: 1e-3, eps: 1E-8}\n")
     assert load_preset("agents", preset)["optimizer"] == {"name": "adam", "lr": 0.001, "eps": 1e-8}
+    overridden = resolve(SupervisedRunConfig, overrides=["optimizer.lr=1e-3"])
+    assert overridden.optimizer["lr"] == 0.001  # --set too
     (tmp_path / "bad.yaml").write_text("network: [1\n")
     (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
     (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\n")

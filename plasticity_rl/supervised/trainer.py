@@ -171,10 +171,9 @@ def train_tasks(
                    disable=not show_progress, unit="step", leave=False)  # fmt: skip
         model.train()
         for epoch in range(tc.epochs_per_task):
-            orders = [
-                torch.arange(n) if stream.online else torch.randperm(n, generator=g)
-                for g in order_gens
-            ]  # fmt: skip  (drawn for skipped epochs too)
+            # drawn for the epochs a continued run skips too, so later epochs match
+            orders = [torch.arange(n) if stream.online else torch.randperm(n, generator=g)
+                      for g in order_gens]  # fmt: skip
             if epoch < at["epoch"]:
                 continue
             done = at["example"] if epoch == at["epoch"] else 0
@@ -206,7 +205,8 @@ def train_tasks(
                                        progresses[run])  # fmt: skip
                 bar.update()
                 done += size
-                last_chunk = done == n and epoch == tc.epochs_per_task - 1  # the task end's
+                # a chunk end mid-task (the task's last chunk ends in the task-end checkpoint)
+                last_chunk = done == n and epoch == tc.epochs_per_task - 1
                 if (done % chunk == 0 or done == n) and not last_chunk and control.due():
                     next_epoch = done == n
                     for p, c, ls in zip(progresses, _per_run(correct_online),
