@@ -59,10 +59,12 @@ class Registry(Generic[T]):
 
     Args:
         kind: what the registry holds; used as the key in error messages (``"activation"``).
+        setting_key: how errors name an entry's setting, from ``name`` and ``key``
+            (``"{name}.{key}"``: ``topk.k``; optimisers: ``"optimizer.{key}"``).
     """
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, setting_key: str = "{name}.{key}"):
+        self.kind, self.setting_key = kind, setting_key
         self._entries: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -105,7 +107,7 @@ class Registry(Generic[T]):
                     raise ConfigError(f"{self.kind}.{label} key", key, sorted(allowed) or "no keys")
         for key in numeric_parameters(factory):
             if key in kwargs:
-                require_number(f"{self.kind}.{label}.{key}", kwargs[key])
+                require_number(self.setting_key.format(name=label, key=key), kwargs[key])
         return factory(**kwargs)
 
 

@@ -407,9 +407,9 @@ def test_another_known_dataset_is_refused_by_its_content(tmp_path, fashion_dir, 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--set", "optimizer.lr=abc"], r"optimizer.adam.lr: got 'abc'; allowed: a finite number"),
-        (["--set", "optimizer.lr=nan"], r"optimizer.adam.lr: got 'nan'; allowed: a finite number"),
-        (["--set", "optimizer.lr=.inf"], r"optimizer.adam.lr: got inf; allowed: a finite number"),
+        (["--set", "optimizer.lr=abc"], r"optimizer.lr: got 'abc'; allowed: a finite number"),
+        (["--set", "optimizer.lr=nan"], r"optimizer.lr: got 'nan'; allowed: a finite number"),
+        (["--set", "optimizer.lr=.inf"], r"optimizer.lr: got inf; allowed: a finite number"),
         (["--seed", "-5"], r"--seed: got -5; allowed: an integer >= 0"),
         (["--runs", "100000"], r"--runs: got 100000; allowed: at most \d+ runs of this network "
                                r"here \(estimate [\d.]+ GiB for 100000"),
