@@ -96,8 +96,9 @@ class Registry(Generic[T]):
         return self._entries[key]
 
     def create(self, name_or_class: str | Callable[..., T], **kwargs: Any) -> T:
-        """Instantiate an entry; unknown keyword names, and values that are not finite numbers
-        where the default is a number (``lr=abc``, ``lr=nan``), raise :class:`ConfigError`."""
+        """Instantiate an entry; unknown keyword names, and values other than None that are not
+        finite numbers where the default is a number (``lr=abc``, ``lr=nan``), raise
+        :class:`ConfigError`."""
         factory = self.get(name_or_class)
         label = name_or_class if isinstance(name_or_class, str) else factory.__name__
         allowed = accepted_kwargs(factory)
@@ -106,7 +107,7 @@ class Registry(Generic[T]):
                 if key not in allowed:
                     raise ConfigError(f"{self.kind}.{label} key", key, sorted(allowed) or "no keys")
         for key in numeric_parameters(factory):
-            if key in kwargs:
+            if kwargs.get(key) is not None:  # None: "off", where an entry allows it
                 require_number(self.setting_key.format(name=label, key=key), kwargs[key])
         return factory(**kwargs)
 
