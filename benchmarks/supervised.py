@@ -3,7 +3,7 @@
 1. Split Fashion-MNIST, class-incremental (5 tasks of 2 classes, one 10-way head), one epoch
    per task, ``relu-adam`` vs ``topk-adagrad`` vs ``hard-ash-adagrad``: final accuracy over all
    10 classes (the mean of the per-task test accuracies, equal-sized test sets), mean and 95% CI
-   over seeds. Compare with Keskinen 2024's Split MNIST table (shared/reference-results.md).
+   over seeds. Compare with Keskinen 2024's Split MNIST table.
 2. Slowly-changing regression (Dohare et al. 2024): ``regression-bp`` (ReLU, SGD 0.01) vs
    ``regression-cbp`` over 1M examples, squared error per 20,000-example bin.
 

@@ -5,10 +5,14 @@ stem (``ppo-cbp-l2``) or given as a path. A preset may start from another one wi
 ``base: <name>``; its own keys are merged over the base's. Overrides use dotted keys
 (``method.continual_backprop.replacement_rate=1e-5``) and are merged last. Every error names
 the key, the value and what is allowed (:class:`~plasticity_rl.registry.ConfigError`).
+
+YAML files are read with YAML 1.2's number rules (:func:`load_yaml`): ``1e-3`` is a number,
+as in OmegaConf's ``key=value`` overrides (PyYAML alone reads it as a string).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -26,23 +30,75 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 """The checkout the package was installed from (presets live in its envs/ and agents/)."""
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's float syntax (``1e-3``, ``1E5``, ``.5``)."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*|[0-9]+)(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(path: Path) -> Any:
+    """A YAML file's content with YAML 1.2 number rules.
+
+    Raises:
+        ConfigError: the file cannot be read, is not text, or is not valid YAML.
+    """
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12Loader)
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or "not UTF-8 text"
+        raise ConfigError(str(path), "unreadable file", f"a YAML text file ({reason})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "the file"
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(str(path), f"invalid YAML at {where} ({problem})",
+                          "a YAML mapping") from None  # fmt: skip
+
+
 def preset_names(kind: str) -> list[str]:
     """Names of the presets in ``<repo>/<kind>/`` (``kind`` is ``envs`` or ``agents``)."""
     return sorted(p.stem for p in (REPO_ROOT / kind).glob("*.yaml"))
 
 
-def load_preset(kind: str, name_or_path: str | Path) -> dict[str, Any]:
-    """Load a preset by name (from ``<repo>/<kind>/``) or by path, following ``base:`` links."""
-    path = Path(name_or_path)
+def load_preset(
+    kind: str, name_or_path: str | Path, _chain: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Load a preset by name (from ``<repo>/<kind>/``) or by path, following ``base:`` links.
+
+    Raises:
+        ConfigError: unknown name, unreadable or invalid YAML, not a mapping, or ``base:``
+            links that loop.
+    """
+    path = Path(str(name_or_path))
     if path.suffix not in (".yaml", ".yml"):
         path = REPO_ROOT / kind / f"{name_or_path}.yaml"
     if not path.is_file():
         raise ConfigError(f"{kind[:-1]} preset", str(name_or_path), preset_names(kind) or "none")
-    data = yaml.safe_load(path.read_text()) or {}
+    key = str(path.resolve())
+    if key in _chain:
+        raise ConfigError(f"{path}: base", str(name_or_path), "a chain of base: presets "
+                          "without a loop")  # fmt: skip
+    data = load_yaml(path)
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path}", type(data).__name__, "a YAML mapping")
     base = data.pop("base", None)
-    return data if base is None else merge_presets(load_preset(kind, base), data)
+    if base is None:
+        return data
+    return merge_presets(load_preset(kind, base, (*_chain, key)), data)
 
 
 def merge_presets(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -58,10 +59,12 @@ class Registry(Generic[T]):
 
     Args:
         kind: what the registry holds; used as the key in error messages (``"activation"``).
+        setting_key: how errors name an entry's setting, from ``name`` and ``key``
+            (``"{name}.{key}"``: ``topk.k``; optimisers: ``"optimizer.{key}"``).
     """
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, setting_key: str = "{name}.{key}"):
+        self.kind, self.setting_key = kind, setting_key
         self._entries: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -93,7 +96,9 @@ class Registry(Generic[T]):
         return self._entries[key]
 
     def create(self, name_or_class: str | Callable[..., T], **kwargs: Any) -> T:
-        """Instantiate an entry; unknown keyword names raise :class:`ConfigError`."""
+        """Instantiate an entry; unknown keyword names, and values other than None that are not
+        finite numbers where the default is a number (``lr=abc``, ``lr=nan``), raise
+        :class:`ConfigError`."""
         factory = self.get(name_or_class)
         label = name_or_class if isinstance(name_or_class, str) else factory.__name__
         allowed = accepted_kwargs(factory)
@@ -101,7 +106,28 @@ class Registry(Generic[T]):
             for key in kwargs:
                 if key not in allowed:
                     raise ConfigError(f"{self.kind}.{label} key", key, sorted(allowed) or "no keys")
+        for key in numeric_parameters(factory):
+            if kwargs.get(key) is not None:  # None: "off", where an entry allows it
+                require_number(self.setting_key.format(name=label, key=key), kwargs[key])
         return factory(**kwargs)
+
+
+def require_number(key: str, value: Any) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a finite real number (not a bool), or a
+    list of them (one per batched run)."""
+    values = value if isinstance(value, list | tuple) and value else [value]
+    ok = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+    require(ok and all(math.isfinite(v) for v in values), key, value, "a finite number")
+
+
+def numeric_parameters(factory: Callable[..., Any]) -> list[str]:
+    """The keyword arguments of ``factory`` whose default is a number (bools aside)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in params
+            if isinstance(p.default, int | float) and not isinstance(p.default, bool)]  # fmt: skip
 
 
 def accepted_kwargs(factory: Callable[..., Any]) -> set[str] | None:

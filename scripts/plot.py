@@ -8,7 +8,9 @@ Example:
 Reads every run directory under RUNS_DIR (TensorBoard events, ``config.yaml``,
 ``results.json``, ``pruning.json``), groups the seeds of each setting, and writes PNG and PDF
 figures and ``results.md`` (final numbers with 95% bootstrap intervals, next to the published
-ones of ``--experiment``) into ``--out``. Needs the plot extra: ``pip install -e ".[plot]"``.
+ones of ``--experiment``) into ``--out`` (into ``--out``/rl and ``--out``/supervised when RUNS_DIR
+holds both kinds). A run whose ``config.yaml`` or ``results.json`` is broken is skipped with a
+warning naming the file. Needs the plot extra: ``pip install -e ".[plot]"``.
 Exit status: 0 on success, 2 on a configuration error.
 """
 
@@ -51,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for path in written:
         print(f"wrote {path}")
-    print((out / "results.md").read_text())
+    for path in written:
+        if path.name == "results.md":
+            print(path.read_text())
     return 0
 
 

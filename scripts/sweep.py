@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: the sweep stopped (the running trial checkpointed); run the same "
+              "command again to resume", file=sys.stderr)  # fmt: skip
+        return 130
     print(summary(outcomes))
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 

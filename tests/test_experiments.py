@@ -251,3 +251,15 @@ def test_magnitude_pruning_of_a_finished_powerprop_run(tmp_path, mnist_dir):
         mask = class_mask(task, stream.num_classes)
         predicted = int((bias if mask is None else bias + mask).argmax())
         assert value == pytest.approx(100.0 * float((task.test_y == predicted).float().mean()))
+
+
+def test_committed_results_and_experiments_cite_the_papers_not_a_local_file():
+    """``shared/reference-results.md`` is not in the repository: sources name the papers."""
+    citing = [
+        str(path.relative_to(REPO_ROOT))
+        for folder in ("benchmarks", "experiments")
+        for path in (REPO_ROOT / folder).rglob("*")
+        if path.is_file() and path.suffix in (".md", ".yaml", ".json", ".py")
+        and "reference-results" in path.read_text(errors="ignore")
+    ]  # fmt: skip
+    assert citing == []

@@ -113,11 +113,38 @@ def test_supervised_report_groups_by_config_without_an_experiment(tmp_path):
 def test_the_table_names_runs_that_diverged(tmp_path):
     for seed, diverged in ((0, None), (1, 1200)):
         config = {"seed": seed, "agent_preset": "bp"}
-        results = {"average_accuracy": 10.0, "diverged_at_step": diverged}
+        results = {"status": "diverged", "diverged_at_step": diverged}
+        if diverged is None:
+            results = {"status": "complete", "average_accuracy": 10.0, "diverged_at_step": None}
         write_run(tmp_path / "runs", f"bp__s{seed}", config, {}, results)
     assert main([str(tmp_path / "runs")]) == 0
     table = (tmp_path / "runs" / "report" / "results.md").read_text()
-    assert "counted as logged): bp seed 1 at step 1,200." in table
+    assert "| bp | 2 | 10 (1 seed) |" in table  # the diverged seed has no final number
+    assert "no final numbers, left out): bp seed 1 at step 1,200." in table
+
+
+@pytest.mark.parametrize("broken", ["results.json", "config.yaml"])
+def test_a_broken_run_is_skipped_with_its_path_named(broken, tmp_path, capsys):
+    for seed in (0, 1, 2):
+        config = {"seed": seed, "agent_preset": "bp"}
+        write_run(tmp_path / "runs", f"bp__s{seed}", config, {}, {"average_accuracy": 10.0 + seed})
+    bad = tmp_path / "runs" / "bp__s1" / broken
+    bad.write_bytes(b'{"average_accuracy": 1' if broken == "results.json" else b"\xff\xfe: [")
+    assert main([str(tmp_path / "runs")]) == 0
+    captured = capsys.readouterr()
+    assert f"warning: skipped run {bad.parent}: {bad}" in captured.err
+    assert "| bp | 2 | 11 [10, 12] |" in captured.out
+
+
+def test_mixed_rl_and_supervised_runs_get_one_report_each(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    rl_runs(tmp_path / "runs" / "rl")
+    supervised_runs(tmp_path / "runs" / "cl")
+    out = tmp_path / "report"
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert "| ppo | 3 |" in (out / "rl" / "results.md").read_text()
+    assert "relu-adam (optimizer.lr=0.01) | 2 |" in (out / "supervised" / "results.md").read_text()
+    assert list((out / "rl").glob("*.png")) and list((out / "supervised").glob("*.png"))
 
 
 def test_plot_a_chosen_metric(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -269,3 +270,29 @@ def test_online_permuted_settings_are_batched_when_their_dataset_is_on_disk(
     assert [j.name for j in jobs] == ["online/bp__s0", "online/bp__s1", "online/bp__s2"]
     assert "seeds not batched: mnist" in jobs[0].note and "downloading is off" in jobs[0].note
     assert not list(empty.iterdir())
+
+
+@pytest.mark.parametrize("bad", ["abc", "nan", "1e-3x"])
+def test_one_bad_trial_fails_alone_and_the_others_run_batched(bad, tmp_path, capsys):
+    broken = {"name": "bad", "agent": "regression-bp", "config": {"optimizer": {"lr": bad}}}
+    spec = write_spec(tmp_path, {**REGRESSION, "agents": [REGRESSION["agents"][0], broken]}, "r")
+    code, out, _ = sweep(capsys, str(spec), "--executor", "local", "--logdir", str(tmp_path / "s"))
+    assert code == 1, out
+    assert "sweep summary (trials): 1 done (3 runs), 0 skipped (0 runs)" in out
+    assert "done: r/bp__s0,1,2" in out and "r/bad__s0" in out
+    assert re.search(r"error: optimizer\.lr: got '?" + re.escape(bad), out), out
+
+
+def test_a_trial_stopped_by_a_signal_stops_the_local_sweep(tmp_path, capsys, monkeypatch):
+    calls = []
+
+    def interrupted_script(argv):
+        calls.append(argv)
+        return 130  # what train_*.py returns after checkpointing on SIGINT
+
+    monkeypatch.setattr("plasticity_rl.experiments.runner.load_script_main",
+                        lambda script: interrupted_script)  # fmt: skip
+    spec = write_spec(tmp_path, REGRESSION, "r")
+    code, _, err = sweep(capsys, str(spec), "--executor", "local", "--logdir", str(tmp_path / "s"))
+    assert code == 130 and len(calls) == 1
+    assert err.startswith("interrupted: the sweep stopped") and "run the same command" in err

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -125,7 +128,9 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert checkpoint.exists(), proc.stderr.read().decode()
-    assert '"running"' in (tmp_path / "killed" / "status.json").read_text()
+    status = json.loads((tmp_path / "killed" / "status.json").read_text())
+    steps = final_state(tmp_path / "killed")["num_timesteps"]
+    assert status["state"] == "running" and 0 < status["checkpoint_env_steps"] <= steps
     # The run length only decides when the loop stops, so compare both runs at the same length.
     total = str(final_state(tmp_path / "killed")["num_timesteps"] + 512)
     assert (
@@ -152,10 +157,124 @@ OK = ["--env", "hopper-friction", "--agent", "ppo"]
         ([*OK, "--set", "optimizer.name=adamw"], r"optimizer: got 'adamw'; allowed: adagrad, adam"),
         ([*OK, "--set", "policy_net.activation=relux"], r"activation: got 'relux'"),
         ([*OK, "--set", "ppo.n_steps"], r"--set: got 'ppo.n_steps'; allowed: key=value"),
+        ([*OK, "--set", "env.kwargs.frictoin=1"], r"env.kwargs: got 'frictoin'; allowed: the "
+                                                  r"keywords of plasticity_rl/HopperFriction-v5"),
+        ([*OK, "--set", "optimizer.lr=abc"], r"optimizer.lr: got 'abc'; allowed: a finite number"),
+        ([*OK, "--set", "optimizer.lr=nan"], r"optimizer.lr: got 'nan'; allowed: a finite number"),
+        ([*OK, "--set", "optimizer.lr=.inf"], r"optimizer.lr: got inf; allowed: a finite number"),
+        ([*OK, "--total-steps", "nan"], r"--total-steps: got nan; allowed: a whole number"),
+        ([*OK, "--total-steps", "inf"], r"--total-steps: got inf; allowed: a whole number"),
+        ([*OK, "--total-steps", "1e30"], r"--total-steps: got 1e\+30; allowed: a whole number"),
+        ([*OK, "--set", "ppo.batch_size=1"], r"ppo.batch_size: got 1; allowed: an integer >= 2"),
+        ([*OK, "--set", "env.n_envs=0"], r"env.n_envs: got 0; allowed: an integer >= 1"),
+        ([*OK, "--seed", "-5"], r"--seed: got -5; allowed: an integer >= 0"),
+        (["--env", "hopper-friction", "--agent", "ppo-topk",
+          "--set", "policy_net.hidden_sizes=[8]"],
+         r"topk.k: got \d+; allowed: an integer <= the layer width \(8\)"),
+        ([*OK, "--logdir", "/proc/runs"], r"--logdir: got '/proc/runs'; allowed: a writable"),
     ],
 )  # fmt: skip
 def test_bad_input_exits_2_with_a_clear_message_and_writes_nothing(argv, message, tmp_path, capsys):
-    assert main([*argv, "--logdir", str(tmp_path), "--no-progress"]) == 2
+    assert main(["--logdir", str(tmp_path), *argv, "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and re.search(message, err), err
     assert not any(tmp_path.iterdir())
+
+
+SMALL = ["--env", "hopper-friction", "--agent", "ppo", "--seed", "7", *TINY]
+
+
+def test_resuming_a_finished_run_with_other_settings_keeps_its_checkpoint(tmp_path, capsys):
+    assert main([*SMALL, "--total-steps", "512", "--logdir", str(tmp_path), "--name", "r"]) == 0
+    run_dir = tmp_path / "r"
+    files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    resume = ["--resume", str(run_dir), "--no-progress"]
+    assert main([*resume, "--set", "env.n_envs=2"]) == 2  # the resume rule
+    assert "--set: got 'env.n_envs=2'; allowed: with --resume only total_steps" in (
+        capsys.readouterr().err)  # fmt: skip
+    assert main([*resume, "--agent", "ppo-l2"]) == 2
+    # a config.yaml edited by hand: the checkpoint is checked against it before use
+    config = run_dir / "config.yaml"
+    config.write_text(config.read_text().replace("n_envs: 1", "n_envs: 2"))
+    capsys.readouterr()
+    assert main(resume) == 2
+    assert "a checkpoint of 2 env copies (env.n_envs of the run); it holds 1" in (
+        capsys.readouterr().err)  # fmt: skip
+    config.write_bytes(files[config])
+    assert main(resume) == 0  # nothing left to train: the checkpoint is not rewritten
+    assert all(p.read_bytes() == data for p, data in files.items() if p.suffix == ".pt")
+    assert main([*resume, "--total-steps", "768"]) == 0
+    assert "total_steps: 768" in config.read_text()
+    assert final_state(run_dir)["num_timesteps"] == 768
+    previous = torch.load(run_dir / "checkpoints" / "previous.pt", weights_only=True)
+    assert previous["num_timesteps"] == 512
+
+
+def test_sigterm_checkpoints_marks_the_status_and_exits_143(tmp_path):
+    cmd = [sys.executable, str(SCRIPT), *SMALL, "--total-steps", "1e6", "--logdir", str(tmp_path),
+           "--name", "r"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    status = tmp_path / "r" / "status.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and '"running"' not in (status.read_text() if
+                                                          status.exists() else ""):  # fmt: skip
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err
+    assert err.startswith("interrupted: SIGTERM at step ") and "Traceback" not in err
+    state = json.loads(status.read_text())
+    steps = final_state(tmp_path / "r")["num_timesteps"]
+    assert state["state"] == "interrupted" and state["env_steps"] == steps > 0
+    resume = ["--resume", str(tmp_path / "r"), "--total-steps", str(steps + 256), "--no-progress"]
+    assert main(resume) == 0
+    assert json.loads(status.read_text())["state"] == "complete"
+
+
+def test_a_diverging_run_stops_and_exits_3_with_one_line(tmp_path, capsys):
+    argv = [*SMALL, "--total-steps", "1024", "--set", "optimizer.lr=1e30"]
+    assert main([*argv, "--logdir", str(tmp_path), "--name", "r"]) == 3
+    err = capsys.readouterr().err
+    expected = (r"diverged: the policy's parameters or outputs became NaN or infinite at step "
+                r"256; stopped, .*status.json says diverged\n")  # fmt: skip
+    assert re.fullmatch(expected, err), err
+    state = json.loads((tmp_path / "r" / "status.json").read_text())
+    assert state["state"] == "diverged" and state["diverged_at_step"] == 256
+
+
+def test_a_short_run_logs_plasticity_at_the_first_update_and_at_the_end(tmp_path):
+    argv = [*SMALL, "--total-steps", "1024", "--set", "logging.metrics_every_env_steps=10000"]
+    assert main([*argv, "--logdir", str(tmp_path), "--name", "r"]) == 0
+    steps = [step for step, _ in scalars(tmp_path / "r")["plasticity/pi/hidden1/srank99"]]
+    assert steps == [256, 1024]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "other-width", "other-env"])
+def test_a_bad_checkpoint_on_resume_exits_2_and_writes_nothing(damage, tmp_path, capsys):
+    args = [*SMALL, "--total-steps", "256", "--logdir", str(tmp_path)]
+    assert main([*args, "--name", "r"]) == 0
+    latest = tmp_path / "r" / "checkpoints" / "latest.pt"
+    if damage in ("truncated", "random"):
+        data = latest.read_bytes()
+        latest.write_bytes(data[:100] if damage == "truncated" else os.urandom(len(data)))
+        latest.with_name("latest.pt.sha256").unlink()
+    else:  # the checkpoint of another run in this run's directory
+        other = (["--set", "policy_net.hidden_sizes=[32,32]"] if damage == "other-width"
+                 else ["--env", "hopper-mass"])  # fmt: skip
+        assert main([*args, "--name", "other", *other]) == 0
+        for name in ("latest.pt", "latest.pt.sha256"):
+            shutil.copy(tmp_path / "other" / "checkpoints" / name, latest.parent / name)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*")}
+    capsys.readouterr()
+    assert main(["--resume", str(tmp_path / "r"), "--total-steps", "512", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --resume: got ") and len(err.strip().splitlines()) == 1, err
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*")} == before
+
+
+def test_the_progress_bar_counts_env_steps_up_to_the_total(tmp_path, capsys):
+    argv = [a for a in SMALL if a != "--no-progress"] + ["--total-steps", "300"]
+    assert main([*argv, "--logdir", str(tmp_path), "--name", "r"]) == 0  # two rollouts of 256
+    bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert re.search(r"100%.*\b300/300 \[.* env steps/s\]", bar), bar

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
+import hashlib
 import json
+import os
 import re
+import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -14,7 +23,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from plasticity_rl.config import REPO_ROOT, load_preset, preset_names, resolve
 from plasticity_rl.metrics import collect_activations, layer_health
+from plasticity_rl.registry import ConfigError
+from plasticity_rl.rundir import CHECKPOINT
 from plasticity_rl.supervised.config import SupervisedRunConfig
+from plasticity_rl.supervised.datasets import SOURCES, write_dataset
 from plasticity_rl.supervised.learner import build_learner, build_stream
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
@@ -27,6 +39,11 @@ QUIET = ["--no-progress", "--set", "train.probe_size=50", "--set", "train.log_ev
 def run(tmp_path: Path, name: str, *args: str) -> dict:
     assert main([*args, "--logdir", str(tmp_path), "--name", name, *QUIET]) == 0
     return json.loads((tmp_path / name / "results.json").read_text())
+
+
+def errors(err: str) -> str:
+    """stderr without the warnings (the test datasets are not the published MNIST)."""
+    return "".join(line for line in err.splitlines(True) if not line.startswith("warning: "))
 
 
 def tags(run_dir: Path) -> set[str]:
@@ -103,16 +120,29 @@ def test_task_streams_measure_plasticity_after_each_task(tmp_path, mnist_dir):
 
 
 @pytest.mark.parametrize("env", ["split-mnist", "slowly-changing-regression"])
-def test_a_diverging_run_says_when_its_loss_became_non_finite(env, tmp_path, mnist_dir):
+def test_a_diverging_run_stops_says_so_and_exits_3(env, tmp_path, mnist_dir, capsys):
     if env.startswith("slowly"):
         args = [*stream_for("regression-bp", {}), "--agent", "regression-bp"]
     else:  # Dohare et al.'s SGD learner, narrowed
         args = ["--env", env, "--data-dir", str(mnist_dir), "--agent", "bp",
                 *sets(["network.hidden_sizes=[32,32]"])]  # fmt: skip
-    assert run(tmp_path, "fine", *args)["diverged_at_step"] is None
+    args += ["--seed", "3"]
+    fine = run(tmp_path, "fine", *args)
+    assert fine["diverged_at_step"] is None and fine["status"] == "complete"
+    capsys.readouterr()
     # SGD with step 1e12 overflows the weights within a few steps
-    blown = run(tmp_path, "blown", *args, *sets(["optimizer.lr=1e12"]))
-    assert isinstance(blown["diverged_at_step"], int) and blown["diverged_at_step"] >= 1
+    blown_args = [*args, *sets(["optimizer.lr=1e12"]), "--logdir", str(tmp_path)]
+    assert main([*blown_args, "--name", "blown", *QUIET]) == 3
+    err = errors(capsys.readouterr().err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("diverged: the training loss")
+    blown = json.loads((tmp_path / "blown" / "results.json").read_text())
+    status = json.loads((tmp_path / "blown" / "status.json").read_text())
+    step = blown["diverged_at_step"]
+    assert isinstance(step, int) and 1 <= step and f"at step {step};" in err
+    assert blown["status"] == status["state"] == "diverged" and status["diverged_at_step"] == step
+    assert "average_accuracy" not in blown and "squared_error_bins" not in blown
+    if not env.startswith("slowly"):  # stopped at once: the whole run is 300 steps
+        assert blown["steps"] == step < fine["steps"]
 
 
 def test_class_incremental_cifar100_with_a_cnn_and_ewc(tmp_path, cifar100_dir):
@@ -177,6 +207,299 @@ def test_bad_input_exits_2_and_writes_nothing(
         "urllib.request.urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline"))
     )
     assert main(argv) == 2
-    err = capsys.readouterr().err
+    err = errors(capsys.readouterr().err)
     assert err.startswith("error: ") and re.search(message, err, re.S), err
     assert not (tmp_path / "runs").exists()
+
+
+PERMUTED = ["--env", "permuted-mnist", "--agent", "relu-adam", "--set", "stream.kwargs.num_tasks=3",
+            "--set", "network.hidden_sizes=[16]", "--set", "train.batch_size=16"]  # fmt: skip
+ONLINE = ["--env", "online-permuted-mnist", "--agent", "cbp", "--set", "stream.kwargs.num_tasks=2",
+          "--set", "network.hidden_sizes=[16,16]"]  # fmt: skip
+
+
+def test_resume_continues_with_the_runs_own_seed(tmp_path, mnist_dir, capsys):
+    args = [*PERMUTED, "--data-dir", str(mnist_dir), "--seed", "3"]
+    whole = run(tmp_path, "whole", *args)
+    cut = [*args, "--logdir", str(tmp_path), "--name", "cut", *QUIET]
+    assert main([*cut, "--set", "train.stop_after_tasks=1"]) == 0
+    assert "stopped after 1 tasks" in capsys.readouterr().out
+    config = (tmp_path / "cut" / "config.yaml").read_text()
+    assert "seed: 3\n" in config and "stop_after_tasks: null" in config
+    assert json.loads((tmp_path / "cut" / "status.json").read_text())["state"] == "stopped"
+    # a plain --resume (the sweep's resume command) finishes the run, as seed 3
+    assert main(["--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+    resumed = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert resumed["accuracy_matrix"] == whole["accuracy_matrix"]
+    assert resumed["stream"]["seed"] == whole["stream"]["seed"] == 3
+    assert json.loads((tmp_path / "cut" / "status.json").read_text())["state"] == "complete"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--env", "split-mnist"], r"--env: got 'split-mnist'; allowed: not with --resume"),
+        (["--agent", "bp"], r"--agent: got 'bp'; allowed: not with --resume"),
+        (["--seed", "4"], r"--seed: got 4; allowed: not with --resume"),
+        (["--set", "network.hidden_sizes=[8]"],
+         r"--set: got 'network.hidden_sizes=\[8\]'; allowed: with --resume only data_dir, "
+         r"train.stop_after_tasks"),
+    ],
+)  # fmt: skip
+def test_resume_refuses_changes_to_the_run(extra, message, tmp_path, mnist_dir, capsys):
+    args = [*PERMUTED, "--data-dir", str(mnist_dir), "--seed", "2"]
+    assert main([*args, "--logdir", str(tmp_path), "--name", "r", *QUIET,
+                 "--set", "train.stop_after_tasks=1"]) == 0  # fmt: skip
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*")}
+    capsys.readouterr()
+    assert main(["--resume", str(tmp_path / "r"), *extra, "--no-progress"]) == 2
+    err = errors(capsys.readouterr().err)
+    assert err.startswith("error: ") and re.search(message, err), err
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*")} == before
+
+
+def stop_at(monkeypatch, step: int, signum: int = 15) -> None:
+    """Deliver ``signum`` (as StopSignals records it) once the run reaches ``step``."""
+    from plasticity_rl.supervised.trainer import RunControl
+
+    due = RunControl.due
+
+    def due_then_stop(self):
+        if self.progresses[0]["step"] >= step and self.stop.received is None:
+            self.stop.received = signum
+        return due(self)
+
+    monkeypatch.setattr(RunControl, "due", due_then_stop)
+
+
+@pytest.mark.parametrize("stream", ["online", "epochs"])
+def test_a_run_interrupted_mid_task_resumes_exactly(stream, tmp_path, mnist_dir, capsys,
+                                                    monkeypatch):  # fmt: skip
+    if stream == "online":  # hand-written backward with lookahead, CBP: stops at step 428
+        args = [*ONLINE, "--seed", "5"]
+    else:  # 3 epochs of 19 steps per task: stops at step 32, in the second epoch
+        args = [*PERMUTED, "--seed", "5", "--set", "train.epochs_per_task=3",
+                "--set", "method.replay={capacity: 40}"]  # fmt: skip
+    args += ["--data-dir", str(mnist_dir)]
+    monkeypatch.setattr("plasticity_rl.supervised.steps.CHUNK_EXAMPLES", 64)  # chunk ends mid-task
+    whole = run(tmp_path, "whole", *args)
+    with monkeypatch.context() as patch:
+        stop_at(patch, 420 if stream == "online" else 30)
+        assert main([*args, "--logdir", str(tmp_path), "--name", "cut", *QUIET]) == 143
+    err = errors(capsys.readouterr().err)
+    assert re.fullmatch(r"interrupted: SIGTERM at step \d+; checkpoint saved, continue with "
+                        r"--resume .*cut\n", err), err  # fmt: skip
+    status = json.loads((tmp_path / "cut" / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["checkpoint_step"] < whole["steps"]
+    assert status["checkpoint_step"] not in whole["task_end_steps"]  # mid-task
+    assert not (tmp_path / "cut" / "results.json").exists()
+    assert main(["--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+    resumed = json.loads((tmp_path / "cut" / "results.json").read_text())
+    for key in ("accuracy_matrix", "online_accuracy", "steps", "final_plasticity"):
+        assert resumed.get(key) == whole.get(key), key
+    a = torch.load(tmp_path / "whole/checkpoints/latest.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigint_to_the_cli_checkpoints_and_exits_130(tmp_path, mnist_dir):
+    argv = [sys.executable, str(REPO_ROOT / "scripts" / "train_supervised.py"), *ONLINE,
+            "--set", "stream.kwargs.num_tasks=200", "--set", "train.checkpoint_every_steps=0",
+            "--data-dir", str(mnist_dir), "--seed", "1", "--logdir", str(tmp_path), "--name",
+            "r", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    status = tmp_path / "r" / "status.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and '"checkpoint_step"' not in _read(status):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    err = errors(proc.communicate(timeout=120)[1])
+    assert proc.returncode == 130, err
+    assert err.startswith("interrupted: SIGINT at step ") and "Traceback" not in err
+    state = json.loads(status.read_text())
+    assert state["state"] == "interrupted" and state["checkpoint_step"] == state["step"] > 0
+    assert not (tmp_path / "r" / "run.pid").exists()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def test_a_second_process_on_a_running_run_is_refused(tmp_path, mnist_dir, capsys):
+    args = [*PERMUTED, "--data-dir", str(mnist_dir), "--seed", "2"]
+    assert main([*args, "--logdir", str(tmp_path), "--name", "r", *QUIET,
+                 "--set", "train.stop_after_tasks=1"]) == 0  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "r" / "run.pid").write_text(f"{holder.pid}\n")
+        capsys.readouterr()
+        assert main(["--resume", str(tmp_path / "r"), "--no-progress"]) == 2
+        assert f"allowed: one not being trained (process {holder.pid} holds" in (
+            capsys.readouterr().err)  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["--resume", str(tmp_path / "r"), "--no-progress"]) == 0  # stale lock
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "other-width", "other-method"])
+def test_a_bad_checkpoint_on_resume_exits_2_and_writes_nothing(damage, tmp_path, mnist_dir,
+                                                               capsys):  # fmt: skip
+    args = [*PERMUTED, "--data-dir", str(mnist_dir), "--seed", "2", "--logdir", str(tmp_path),
+            *QUIET, "--set", "train.stop_after_tasks=1"]  # fmt: skip
+    assert main([*args, "--name", "r"]) == 0
+    latest = tmp_path / "r" / CHECKPOINT
+    if damage in ("truncated", "random"):
+        data = latest.read_bytes()
+        latest.write_bytes(data[:100] if damage == "truncated" else os.urandom(len(data)))
+        latest.with_name("latest.pt.sha256").unlink()
+    else:
+        other = ["--set", "network.hidden_sizes=[12]" if damage == "other-width"
+                 else "method.continual_backprop={}"]  # fmt: skip
+        assert main([*args, "--name", "other", *other]) == 0
+        for name in ("latest.pt", "latest.pt.sha256"):
+            shutil.copy(tmp_path / "other" / "checkpoints" / name, latest.parent / name)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*")}
+    capsys.readouterr()
+    assert main(["--resume", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = errors(capsys.readouterr().err)
+    assert err.startswith("error: --resume: got ") and len(err.strip().splitlines()) == 1, err
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*")} == before
+
+
+def test_disk_full_says_so_and_keeps_the_checkpoint(tmp_path, mnist_dir, capsys, monkeypatch):
+    args = [*PERMUTED, "--data-dir", str(mnist_dir), "--seed", "2", "--logdir", str(tmp_path),
+            "--name", "r", *QUIET]  # fmt: skip
+    saves = []
+    save = torch.save
+
+    def fills_up(obj, f, *a, **k):
+        saves.append(f)
+        if len(saves) > 1:
+            raise OSError(28, "No space left on device")
+        return save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", fills_up)
+    assert main(args) == 1
+    err = errors(capsys.readouterr().err)
+    assert "no space left on device" in err and "previous checkpoint is kept" in err
+    assert json.loads((tmp_path / "r" / "status.json").read_text())["state"] == "failed"
+    files = sorted(p.name for p in (tmp_path / "r" / CHECKPOINT).parent.iterdir())
+    assert files == ["latest.pt", "latest.pt.sha256"]
+    monkeypatch.setattr(torch, "save", save)
+    assert main(["--resume", str(tmp_path / "r"), "--no-progress"]) == 0
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_bad_dataset_files_exit_2_with_one_line(tmp_path, mnist_dir, mnist_data, capsys,
+                                                 monkeypatch):  # fmt: skip
+    monkeypatch.setenv("PLASTICITY_RL_DATA", str(tmp_path / "cache"))
+    monkeypatch.setattr("urllib.request.urlopen",
+                        lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))  # fmt: skip
+    cases = {}
+    truncated = _copy(mnist_dir, tmp_path / "truncated")
+    raw = gzip.decompress((truncated / "train-images-idx3-ubyte.gz").read_bytes())
+    (truncated / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(raw[:-500]))
+    cases[truncated] = r"truncated: .* bytes, but the header's shape"
+    absurd = _copy(mnist_dir, tmp_path / "absurd")
+    header = bytes([0, 0, 8, 3]) + np.array([2**32 - 1] * 3, ">u4").tobytes()
+    (absurd / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + raw[16:]))
+    cases[absurd] = r"the header's shape \(4294967295, 4294967295, 4294967295\)"
+    one_class = tmp_path / "one-class"
+    labels = torch.zeros_like(mnist_data.train_y)
+    write_dataset(dataclasses.replace(mnist_data, train_y=labels), one_class)
+    cases[one_class] = r"mnist train: 300 examples of classes \[0\]; the streams need"
+    for data_dir, message in cases.items():
+        argv = ["--env", "split-mnist", "--agent", "relu-adam", "--data-dir", str(data_dir),
+                "--logdir", str(tmp_path / "runs"), "--no-progress"]  # fmt: skip
+        assert main(argv) == 2, data_dir
+        err = errors(capsys.readouterr().err)
+        assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+        assert re.search(message, err), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_another_known_dataset_is_refused_by_its_content(tmp_path, fashion_dir, capsys,
+                                                         monkeypatch):  # fmt: skip
+    """Fashion-MNIST's files given to an MNIST preset: recognised by the MD5 of their content
+    (the fixture's random files stand in for the published ones here)."""
+    digests = {f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in fashion_dir.iterdir()}
+    fashion = dataclasses.replace(SOURCES["fashion_mnist"], content_md5=digests)
+    monkeypatch.setitem(SOURCES, "fashion_mnist", fashion)
+    argv = ["--env", "split-mnist", "--agent", "relu-adam", "--data-dir", str(fashion_dir),
+            "--logdir", str(tmp_path / "runs"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"error: mnist: train-images-idx3-ubyte in .* is fashion_mnist's \(MD5 "
+                        r"\w+\), not mnist's: give the mnist folder to --data-dir, or use a "
+                        r"fashion_mnist preset\n", err), err  # fmt: skip
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--set", "optimizer.lr=abc"], r"optimizer.lr: got 'abc'; allowed: a finite number"),
+        (["--set", "optimizer.lr=nan"], r"optimizer.lr: got 'nan'; allowed: a finite number"),
+        (["--set", "optimizer.lr=.inf"], r"optimizer.lr: got inf; allowed: a finite number"),
+        (["--seed", "-5"], r"--seed: got -5; allowed: an integer >= 0"),
+        (["--runs", "100000"], r"--runs: got 100000; allowed: at most \d+ runs of this network "
+                               r"here \(estimate [\d.]+ GiB for 100000"),
+        (["--set", "network.activation={name: topk, k: 5000}"],
+         r"topk.k: got 5000; allowed: an integer <= the layer width \(1000\)"),
+    ],
+)  # fmt: skip
+def test_bad_values_exit_2_and_write_nothing(extra, message, tmp_path, mnist_dir, capsys):
+    argv = ["--env", "split-mnist", "--agent", "relu-adam", "--data-dir", str(mnist_dir),
+            "--logdir", str(tmp_path / "runs"), "--no-progress", *extra]  # fmt: skip
+    assert main(argv) == 2
+    err = errors(capsys.readouterr().err)
+    assert err.startswith("error: ") and re.search(message, err), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_run_directories_exit_2(tmp_path, mnist_dir, capsys):
+    args = ["--env", "split-mnist", "--agent", "relu-adam", "--data-dir", str(mnist_dir),
+            "--no-progress", "--set", "network.hidden_sizes=[8]"]  # fmt: skip
+    (tmp_path / "file").write_text("")
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o500)
+    cases = [("file", r"--logdir: got '.*file'; allowed: a directory \(.*file is a file\)"),
+             ("file/sub", r"allowed: a directory \(.*file is a file\)"),
+             ("/proc/runs", r"--logdir: got '/proc/runs'; allowed: a writable dir")]  # fmt: skip
+    if os.geteuid() != 0:  # root writes anywhere
+        cases.append(("read-only/runs", r"allowed: a writable directory \(.*read-only is not\)"))
+    for logdir, message in cases:
+        assert main([*args, "--logdir", str(tmp_path / logdir)]) == 2
+        err = errors(capsys.readouterr().err)
+        assert re.search(message, err), err
+    assert main([*args, "--logdir", str(tmp_path / "runs"), "--name", "taken",
+                 "--set", "train.stop_after_tasks=1"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main([*args, "--logdir", str(tmp_path / "runs"), "--name", "taken"]) == 2
+    assert "--name: got 'taken'; allowed: a name not yet used in" in capsys.readouterr().err
+
+
+def test_presets_read_numbers_by_yaml_1_2_and_refuse_bad_files(tmp_path):
+    preset = tmp_path / "sci.yaml"
+    preset.write_text("optimizer: {name: adam, lr: 1e-3, eps: 1E-8}\n")
+    assert load_preset("agents", preset)["optimizer"] == {"name": "adam", "lr": 0.001, "eps": 1e-8}
+    overridden = resolve(SupervisedRunConfig, overrides=["optimizer.lr=1e-3"])
+    assert overridden.optimizer["lr"] == 0.001  # --set too
+    (tmp_path / "bad.yaml").write_text("network: [1\n")
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    for name, message in [("bad", r"invalid YAML at line 2"), ("binary", r"not UTF-8 text"),
+                          ("a", r"a chain of base: presets without a loop"),
+                          ("list", r"got 'list'; allowed: a YAML mapping")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            load_preset("agents", tmp_path / f"{name}.yaml")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
+from tqdm import tqdm
 
 from plasticity_rl.agents.checkpoint import save_checkpoint
 from plasticity_rl.agents.config import LoggingConfig
@@ -34,6 +35,7 @@ from plasticity_rl.metrics import (
     weight_magnitude,
 )
 from plasticity_rl.nn import MLP
+from plasticity_rl.rundir import StopSignals
 
 ENV_INFO_KEY = "nonstationary"
 """Key of the dict that non-stationary env wrappers put in ``info``."""
@@ -49,6 +51,15 @@ class PlasticityCallback(BaseCallback):
         logging: intervals, probe size and dormant threshold.
         checkpoint_path: where to write the checkpoint (None: no checkpoints).
         schedule: the next env step at which to log metrics / checkpoint (restored on resume).
+        stop: polled at each rollout start; once it has received a signal, the run
+            checkpoints there and stops (:class:`plasticity_rl.rundir.StopSignals`).
+        on_checkpoint: called with the env steps after each checkpoint (``status.json``).
+
+    Metrics are also logged at the first rollout end and at the end of training, so a short
+    run has them. No checkpoint is written before the first env step of this ``learn`` call
+    (a resumed run keeps the checkpoint it resumed from until it has trained). At each rollout
+    start the policy's parameters are checked: NaN or infinite ones stop the run with
+    :attr:`diverged_at_step` set.
     """
 
     def __init__(
@@ -58,6 +69,8 @@ class PlasticityCallback(BaseCallback):
         logging: LoggingConfig,
         checkpoint_path: Path | None,
         schedule: dict[str, int] | None = None,
+        stop: StopSignals | None = None,
+        on_checkpoint: Callable[[int], None] | None = None,
     ):
         super().__init__()
         self.networks, self.methods, self.cfg = networks, methods, logging
@@ -66,42 +79,71 @@ class PlasticityCallback(BaseCallback):
             "next_metrics": logging.metrics_every_env_steps,
             "next_checkpoint": logging.checkpoint_every_env_steps,
         }
+        self.stop, self.on_checkpoint = stop, on_checkpoint
+        self.stopped = False
+        self.checkpoint_steps: int | None = None
+        """The env steps of the last checkpoint written (None: none yet in this call)."""
+        self.diverged_at_step: int | None = None
+        self._start_steps = 0
+        self._metrics_logged_at: int | None = None
         self._monitor = WeightChangeMonitor()
         self._handles: list[Any] = []
         self._env_values: dict[int, dict[str, float]] = {}
 
     def _on_training_start(self) -> None:
+        self._start_steps = self.num_timesteps
         self._handles = [self._monitor.attach(self.networks, self.model.policy.optimizer)]
 
     def _on_step(self) -> bool:
         for i, info in enumerate(self.locals.get("infos", ())):
             if ENV_INFO_KEY in info:
                 self._env_values[i] = info[ENV_INFO_KEY]
-        return True
+        return not self.stopped
 
     def _on_rollout_start(self) -> None:
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.policy.parameters()):
+            self.diverged_at_step, self.stopped = self.num_timesteps, True
+            return
+        if self.stop is not None and self.stop.received is not None:
+            self.save()
+            self.stopped = True
+            return
         if self.num_timesteps >= self.schedule["next_checkpoint"]:
             self._advance("next_checkpoint", self.cfg.checkpoint_every_env_steps)
             self.save()
 
     def _on_rollout_end(self) -> None:
         self._log_env()
-        if self.num_timesteps >= self.schedule["next_metrics"]:
+        first = self._metrics_logged_at is None and self.num_timesteps > self._start_steps
+        if first or self.num_timesteps >= self.schedule["next_metrics"]:
             self._advance("next_metrics", self.cfg.metrics_every_env_steps)
-            self._log_network_health()
-            self._log_method_counters()
+            self._log_metrics()
 
     def _on_training_end(self) -> None:
-        self.save()
+        trained = self.num_timesteps > self._start_steps
+        if not self.stopped:
+            if trained and self._metrics_logged_at != self.num_timesteps:
+                self._log_metrics()
+                self.logger.dump(self.num_timesteps)
+            self.save()
         for handle in self._handles:
             handle.remove()
 
+    def _log_metrics(self) -> None:
+        self._metrics_logged_at = self.num_timesteps
+        self._log_network_health()
+        self._log_method_counters()
+
     def save(self) -> None:
-        """Write the checkpoint now (no-op without a checkpoint path)."""
-        if self.checkpoint_path is not None:
+        """Write the checkpoint now; nothing before this ``learn`` call's first env step (nor
+        without a checkpoint path)."""
+        if self.checkpoint_path is not None and self.num_timesteps > self._start_steps:
             save_checkpoint(
                 self.checkpoint_path, self.model, self.methods, {"schedule": dict(self.schedule)}
             )
+            self.checkpoint_steps = self.num_timesteps
+            if self.on_checkpoint is not None:
+                self.on_checkpoint(self.num_timesteps)
 
     def _advance(self, key: str, every: int) -> None:
         while self.schedule[key] <= self.num_timesteps:
@@ -117,8 +159,8 @@ class PlasticityCallback(BaseCallback):
             self.logger.record(f"env/{key}", float(np.mean(vals)))
 
     def _probe(self) -> torch.Tensor:
-        obs = self.model.rollout_buffer.observations
-        flat = obs.reshape(-1, *obs.shape[2:])
+        obs = self.model.rollout_buffer.observations  # (steps, envs, ...), flat after training
+        flat = obs.reshape(-1, *self.model.observation_space.shape)
         rows = np.linspace(0, len(flat) - 1, min(self.cfg.probe_size, len(flat))).astype(int)
         with torch.no_grad():
             return self.model.policy.extract_features(torch.as_tensor(flat[rows]))
@@ -138,3 +180,31 @@ class PlasticityCallback(BaseCallback):
         for method in self.methods.values():
             for key, value in method.stats().items():
                 self.logger.record(f"plasticity/{key}", value)
+
+
+class EnvStepProgress(BaseCallback):
+    """A progress bar of env steps up to the run's total (SB3's own bar ends past the total
+    when the last rollout overshoots it, and restarts from 0 on a resumed run).
+
+    Args:
+        total_steps: the run's total env steps (``total_steps`` of the config).
+    """
+
+    def __init__(self, total_steps: int):
+        super().__init__()
+        self.total_steps = total_steps
+        self._bar: tqdm | None = None
+
+    def _on_training_start(self) -> None:
+        done = min(self.num_timesteps, self.total_steps)
+        self._bar = tqdm(total=self.total_steps, initial=done, unit=" env steps", unit_scale=True,
+                         dynamic_ncols=True)  # fmt: skip
+
+    def _on_step(self) -> bool:
+        assert self._bar is not None
+        self._bar.update(min(self.num_timesteps, self.total_steps) - self._bar.n)
+        return True
+
+    def _on_training_end(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

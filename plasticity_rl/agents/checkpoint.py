@@ -4,13 +4,13 @@ A checkpoint holds only tensors and plain Python data and is loaded with
 ``torch.load(weights_only=True)``: no arbitrary object is ever unpickled. It contains the policy
 and optimiser state, every method's state, each env copy's full state (MuJoCo state, episode
 counters, non-stationary schedule), the observation normaliser, SB3's rollout counters and the
-Python, NumPy and PyTorch random states. It is written atomically (temporary file + rename), so
-a run killed while writing keeps its previous checkpoint.
+Python, NumPy and PyTorch random states. It is written and verified by
+:mod:`plasticity_rl.rundir` (atomic, sha256, ``previous.pt`` kept), and checked against the run
+being resumed (env copies, network shapes, methods) before any of it is used.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from collections import deque
 from pathlib import Path
@@ -22,6 +22,10 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecNormalize
 
 from plasticity_rl.methods import Method
+from plasticity_rl.registry import ConfigError
+from plasticity_rl.rundir import check_state_dict
+from plasticity_rl.rundir import load_checkpoint as load_verified
+from plasticity_rl.rundir import save_checkpoint as save_verified
 
 FORMAT_VERSION = 1
 
@@ -68,10 +72,41 @@ def _set_normalizer_state(env: Any, state: dict[str, Any] | None) -> None:
     env.returns, env.old_obs = state["returns"].numpy(), state["old_obs"].numpy()
 
 
+def _check(state: dict[str, Any], path: Path, model: PPO, methods: dict[str, Method]) -> None:
+    """Refuse a checkpoint that this run cannot use, before anything is restored."""
+    if state.get("format") != FORMAT_VERSION:
+        raise ConfigError("--resume", str(path), f"an RL checkpoint of format {FORMAT_VERSION}")
+    env = model.get_env()
+    envs = state.get("envs")
+    if not isinstance(envs, list) or len(envs) != env.num_envs:
+        count = len(envs) if isinstance(envs, list) else 0
+        raise ConfigError("--resume", str(path), f"a checkpoint of {env.num_envs} env copies "
+                          f"(env.n_envs of the run); it holds {count}")  # fmt: skip
+    check_state_dict("policy", state.get("policy"), model.policy.state_dict(), path)
+    saved_methods = sorted(state.get("methods") or {})
+    if saved_methods != sorted(methods):
+        raise ConfigError("--resume", str(path), f"a checkpoint with the run's methods "
+                          f"{sorted(methods)}; it has {saved_methods}")  # fmt: skip
+    current = env.env_method("get_snapshot")
+    for i, (saved, now) in enumerate(zip(envs, current, strict=True)):
+        if _env_layout(saved) != _env_layout(now):
+            raise ConfigError("--resume", str(path), f"a checkpoint of the run's env "
+                              f"{_env_layout(now)}; env copy {i} holds "
+                              f"{_env_layout(saved)}")  # fmt: skip
+
+
+def _env_layout(snapshot: Any) -> list[str]:
+    """The wrapper chain of an env snapshot and the size of its MuJoCo state."""
+    if not isinstance(snapshot, list) or not all(isinstance(s, dict) for s in snapshot):
+        return ["?"]
+    return [f"{s.get('type')}" + (f"[{len(s['mujoco'])}]" if "mujoco" in s else "")
+            for s in snapshot]  # fmt: skip
+
+
 def save_checkpoint(
     path: Path, model: PPO, methods: dict[str, Method], extra: dict[str, Any]
 ) -> None:
-    """Write the complete training state to ``path`` atomically."""
+    """Write the complete training state to ``path`` (verified: :mod:`plasticity_rl.rundir`)."""
     env = model.get_env()
     state = {
         "format": FORMAT_VERSION,
@@ -91,10 +126,7 @@ def save_checkpoint(
         "rng": _rng_state(),
         "extra": extra,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    save_verified(path, state)
 
 
 def load_checkpoint(path: Path, model: PPO, methods: dict[str, Method]) -> dict[str, Any]:
@@ -102,10 +134,13 @@ def load_checkpoint(path: Path, model: PPO, methods: dict[str, Method]) -> dict[
 
     Call this after the model, its env and its methods are built and attached, and right
     before ``model.learn(..., reset_num_timesteps=False)``.
+
+    Raises:
+        ConfigError: no intact checkpoint, or one of another run (format, env copies, network
+            shapes, methods); nothing is restored then.
     """
-    state = torch.load(path, weights_only=True)
-    if state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format {state.get('format')} != {FORMAT_VERSION}")
+    state = load_verified(path)
+    _check(state, path, model, methods)
     model.policy.load_state_dict(state["policy"])
     model.policy.optimizer.load_state_dict(state["optimizer"])
     for name, method in methods.items():

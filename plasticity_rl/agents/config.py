@@ -99,8 +99,12 @@ def rl_agent_presets() -> list[str]:
 def validate(cfg: RLRunConfig) -> None:
     """Range checks that types alone cannot express; raises ``ConfigError``."""
     p = cfg.ppo
+    require(cfg.env.n_envs >= 1, "env.n_envs", cfg.env.n_envs, "an integer >= 1")
     require(p.n_steps >= 1, "ppo.n_steps", p.n_steps, "an integer >= 1")
-    require(p.batch_size >= 1, "ppo.batch_size", p.batch_size, "an integer >= 1")
+    smallest = 2 if p.normalize_advantage else 1  # one sample's advantage std is NaN
+    require(p.batch_size >= smallest, "ppo.batch_size", p.batch_size,
+            f"an integer >= {smallest}" + (" (with ppo.normalize_advantage)" if smallest == 2
+                                           else ""))  # fmt: skip
     require(
         p.n_steps * cfg.env.n_envs >= p.batch_size,
         "ppo.batch_size",
@@ -119,7 +123,6 @@ def validate(cfg: RLRunConfig) -> None:
         p.max_grad_norm,
         "null or a number > 0",
     )
-    require(cfg.env.n_envs >= 1, "env.n_envs", cfg.env.n_envs, "an integer >= 1")
     require(
         cfg.env.vec_env in ("dummy", "subproc"), "env.vec_env", cfg.env.vec_env, "dummy, subproc"
     )

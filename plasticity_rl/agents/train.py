@@ -16,12 +16,13 @@ and 10 epochs, that is 160 times per rollout.
 
 from __future__ import annotations
 
-import json
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
@@ -29,7 +30,7 @@ from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
 import plasticity_rl.envs  # noqa: F401  (registers the plasticity_rl/ env ids)
-from plasticity_rl.agents.callbacks import PlasticityCallback
+from plasticity_rl.agents.callbacks import EnvStepProgress, PlasticityCallback
 from plasticity_rl.agents.checkpoint import load_checkpoint
 from plasticity_rl.agents.config import RLRunConfig
 from plasticity_rl.agents.policy import PlasticityActorCriticPolicy
@@ -37,10 +38,16 @@ from plasticity_rl.config import to_yaml
 from plasticity_rl.envs.snapshot import Snapshot
 from plasticity_rl.methods import Method, make_method
 from plasticity_rl.optim import attach_step_hooks, sb3_optimizer_args
-from plasticity_rl.registry import ConfigError, split_spec
-
-CHECKPOINT = Path("checkpoints") / "latest.pt"
-STATUS = "status.json"
+from plasticity_rl.registry import ConfigError, require, require_number, split_spec
+from plasticity_rl.rundir import (
+    CHECKPOINT,
+    Diverged,
+    Interrupted,
+    RunLock,
+    StopSignals,
+    write_status,
+    write_text_atomic,
+)
 
 
 def make_env(cfg: RLRunConfig) -> VecEnv:
@@ -53,6 +60,7 @@ def make_env(cfg: RLRunConfig) -> VecEnv:
     kwargs = dict(cfg.env.kwargs)
     if cfg.env.id.startswith("plasticity_rl/"):
         kwargs.setdefault("schedule_seed", cfg.seed)
+    check_env_kwargs(cfg.env.id, kwargs)
     env = make_vec_env(
         # "module:id" makes sub-processes import the module that registers our ids.
         cfg.env.id if ":" in cfg.env.id else f"plasticity_rl.envs:{cfg.env.id}",
@@ -65,6 +73,27 @@ def make_env(cfg: RLRunConfig) -> VecEnv:
     if cfg.normalize_observations:
         env = VecNormalize(env, norm_obs=True, norm_reward=False, gamma=cfg.ppo.gamma)
     return env
+
+
+def check_env_kwargs(env_id: str, kwargs: dict[str, Any]) -> None:
+    """Build the env once in this process, so that an unknown id or a keyword typo is a
+    one-line error here rather than a ``TypeError`` inside ``gymnasium.make`` (or a worker).
+
+    Raises:
+        ConfigError: an unknown env id, or a keyword neither the env nor its base env takes.
+    """
+    env_id = env_id.split(":")[-1]
+    if env_id not in gym.registry:
+        raise ConfigError("env.id", env_id, "a registered Gymnasium id, e.g. "
+                          "plasticity_rl/HopperFriction-v5")  # fmt: skip
+    try:
+        gym.make(env_id, **kwargs).close()
+    except TypeError as err:
+        found = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+        if found is None:
+            raise
+        raise ConfigError("env.kwargs", found.group(1), f"the keywords of {env_id} and its "
+                          "base env (see plasticity_rl.envs)") from None  # fmt: skip
 
 
 def ppo_kwargs(cfg: RLRunConfig) -> dict[str, Any]:
@@ -90,7 +119,9 @@ def ppo_kwargs(cfg: RLRunConfig) -> dict[str, Any]:
 def build_agent(cfg: RLRunConfig, env: VecEnv) -> tuple[PPO, dict[str, Method]]:
     """PPO with the configured networks and optimiser, and the interventions attached."""
     name, optimizer_kwargs = split_spec(cfg.optimizer, "optimizer")
-    lr = float(optimizer_kwargs.pop("lr", 1e-4))
+    lr = optimizer_kwargs.pop("lr", 1e-4)
+    require_number("optimizer.lr", lr)
+    require(lr > 0, "optimizer.lr", lr, "a number > 0")
     update_clip = optimizer_kwargs.pop("update_clip", None)
     optimizer_class, optimizer_kwargs = sb3_optimizer_args({"name": name, **optimizer_kwargs})
     model = PPO(
@@ -116,11 +147,6 @@ def build_agent(cfg: RLRunConfig, env: VecEnv) -> tuple[PPO, dict[str, Method]]:
     return model, methods
 
 
-def write_status(run_dir: Path, state: str, **fields: Any) -> None:
-    """``status.json``: ``running``, ``complete`` or ``failed``, with step counts."""
-    (run_dir / STATUS).write_text(json.dumps({"state": state, **fields}, indent=2) + "\n")
-
-
 def train(
     cfg: RLRunConfig,
     run_dir: Path,
@@ -132,7 +158,15 @@ def train(
     """Train (or, with ``resume``, continue) the run in ``run_dir``; returns the model.
 
     ``prepared`` passes an env and agent already built from ``cfg`` (the script builds them
-    before creating the run directory, so a bad config leaves nothing behind).
+    before creating the run directory, so a bad config leaves nothing behind). The checkpoint
+    of a resumed run is verified and checked against ``cfg`` before anything is written.
+    ``status.json`` follows the run (:mod:`plasticity_rl.rundir`).
+
+    Raises:
+        ConfigError: no usable checkpoint to resume, or another process trains ``run_dir``.
+        Interrupted: SIGINT, SIGTERM or SIGHUP; the run checkpointed at the next rollout start.
+        Diverged: the policy's parameters or outputs became NaN or infinite.
+        DiskFull: the disk filled up while writing a checkpoint (the previous one is kept).
     """
     torch.set_num_threads(1)
     if prepared is None:
@@ -141,36 +175,59 @@ def train(
     else:
         env, model, methods = prepared
     schedule = None
-    if resume:
-        path = run_dir / CHECKPOINT
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-        schedule = load_checkpoint(path, model, methods)["schedule"]
-    else:
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    try:
+        if resume:
+            schedule = load_checkpoint(run_dir / CHECKPOINT, model, methods)["schedule"]
+        with RunLock(run_dir), StopSignals() as stop:
+            return _learn(cfg, run_dir, model, methods, schedule, stop, progress_bar, resume)
+    finally:
+        env.close()
+
+
+def _finite(model: PPO) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.policy.parameters())
+
+
+def _learn(cfg: RLRunConfig, run_dir: Path, model: PPO, methods: dict[str, Method],
+           schedule: dict[str, int] | None, stop: StopSignals, progress_bar: bool,
+           resume: bool) -> PPO:  # fmt: skip
+    write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))  # a resume may extend total_steps
     model.set_logger(configure(str(run_dir), ["tensorboard"]))
-    callback = PlasticityCallback(
-        model.policy.networks, methods, cfg.logging, run_dir / CHECKPOINT, schedule
-    )
-    write_status(run_dir, "running", env_steps=model.num_timesteps, total_steps=cfg.total_steps)
+
+    def status(state: str, **fields: Any) -> None:
+        steps = {"env_steps": model.num_timesteps, "total_steps": cfg.total_steps}
+        write_status(run_dir, state, **steps, **fields)
+
+    def on_checkpoint(steps: int) -> None:
+        status("running", checkpoint_env_steps=steps)
+
+    callback = PlasticityCallback(model.policy.networks, methods, cfg.logging,
+                                  run_dir / CHECKPOINT, schedule, stop, on_checkpoint)  # fmt: skip
+    status("running")
     start = time.time()
     try:
         model.learn(
             total_timesteps=max(cfg.total_steps - model.num_timesteps, 0),
-            callback=callback,
+            callback=[callback, EnvStepProgress(cfg.total_steps)] if progress_bar else callback,
             reset_num_timesteps=not resume,
-            progress_bar=progress_bar,
         )
-    except BaseException:
-        write_status(run_dir, "failed", env_steps=model.num_timesteps, total_steps=cfg.total_steps)
+    except ValueError as err:  # torch's Normal refuses a NaN mean: the network diverged
+        if _finite(model) and "invalid values" not in str(err):
+            status("failed", error=f"ValueError: {err}"[:300])
+            raise
+        callback.diverged_at_step = model.num_timesteps
+    except BaseException as err:
+        status("failed", error=f"{type(err).__name__}: {err}"[:300])
         raise
-    finally:
-        env.close()
-    write_status(
-        run_dir,
-        "complete",
-        env_steps=model.num_timesteps,
-        total_steps=cfg.total_steps,
-        wall_seconds=round(time.time() - start, 1),
-    )
+    if callback.diverged_at_step is not None:
+        status("diverged", diverged_at_step=callback.diverged_at_step)
+        raise Diverged("the policy's parameters or outputs", callback.diverged_at_step)
+    if callback.stopped:  # at a rollout start, after the checkpoint (SB3 took one more step)
+        assert stop.received is not None
+        steps = model.num_timesteps if callback.checkpoint_steps is None else (
+            callback.checkpoint_steps)  # fmt: skip
+        write_status(run_dir, "interrupted", env_steps=steps, total_steps=cfg.total_steps,
+                     checkpoint_env_steps=steps, signal=stop.received)  # fmt: skip
+        raise Interrupted(stop.received, steps)
+    status("complete", wall_seconds=round(time.time() - start, 1))
     return model

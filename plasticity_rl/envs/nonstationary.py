@@ -14,12 +14,15 @@ Schedule (units are env steps of *this* env copy, i.e. calls to ``step()``; one 
   into the model *before* the simulator is reset, the change count increases by one and the
   counter restarts at 0. So a change happens at the first episode boundary (termination,
   truncation by ``TimeLimit``, or any other reset) after ``every_env_steps`` steps.
-- the values come from the wrapper's own ``numpy.random.Generator``, seeded once, at the first
+- the values come from the wrapper's own ``numpy.random.Generator``, seeded at the first
   ``reset()``, from ``schedule_seed`` or, if that is ``None``, from the ``seed`` given to that
   first ``reset()`` (fresh OS entropy if both are ``None``). The seed is salted so the stream is
-  not the env's own ``np_random`` stream for the same seed. Later ``reset(seed=...)`` calls do
-  NOT restart the sequence. The agent's and the env's randomness never touch this generator, so
-  two methods trained with the same seed see the same sequence of values.
+  not the env's own ``np_random`` stream for the same seed. A later ``reset(seed=...)`` restarts
+  the schedule the same way (Gymnasium's rule, checked by ``check_env``: a reset with a seed
+  starts the same episode, info included); ``reset()`` without a seed continues it, as the
+  auto-resets of vectorised envs and a resumed run do. The agent's and the env's randomness
+  never touch this generator, so two methods trained with the same seed see the same sequence
+  of values.
 
 Vectorised training: each copy has its own wrapper and counts its own steps, so with ``n_envs``
 copies the agent sees a change every ``n_envs * every_env_steps`` total steps (divide Dohare's 2M
@@ -183,10 +186,11 @@ class PhysicsShift(gym.Wrapper, gym.utils.RecordConstructorArgs):
     ) -> tuple[Any, dict[str, Any]]:
         """Applies a due change to the model, then resets the env.
 
-        The first call seeds the schedule (``schedule_seed``, else ``seed``) and, with
-        ``initial="sample"``, draws and applies the first value. Later calls draw and apply a
-        new value only if ``every_env_steps`` steps have passed since the last change; ``seed``
-        then only reseeds the env, never the schedule.
+        The first call, and any call with a ``seed``, (re)starts the schedule: seeds it
+        (``schedule_seed``, else ``seed``), zeroes its counters and, with ``initial="sample"``,
+        draws and applies the first value (else restores the XML values). Other calls draw
+        and apply a new value only if ``every_env_steps`` steps have passed since the last
+        change.
 
         Args:
             seed: seed for the env (and for the schedule at the first call, see above).
@@ -195,12 +199,12 @@ class PhysicsShift(gym.Wrapper, gym.utils.RecordConstructorArgs):
         Returns:
             The env's ``(observation, info)`` with ``info["nonstationary"]`` added.
         """
-        if self._rng is None:
+        if self._rng is None or seed is not None:
             self._rng = _schedule_rng(
                 self._schedule_seed if self._schedule_seed is not None else seed
             )
-            if self._initial == "sample":
-                self._apply(self._draw())
+            self._changes = self._env_steps_since_change = 0
+            self._apply(self._draw() if self._initial == "sample" else None)
         elif self._env_steps_since_change >= self._every_env_steps:
             self._apply(self._draw())
             self._changes += 1
@@ -229,8 +233,8 @@ class PhysicsShift(gym.Wrapper, gym.utils.RecordConstructorArgs):
     def set_schedule_state(self, state: dict[str, Any]) -> None:
         """Restores :meth:`get_schedule_state` output and writes its value into the model.
 
-        The next resets continue the saved sequence; a restored generator is not reseeded by
-        the next ``reset(seed=...)``.
+        The next resets without a seed continue the saved sequence (a resumed run never
+        resets with a seed).
         """
         self._changes = int(state["changes"])
         self._env_steps_since_change = int(state["env_steps_since_change"])

@@ -107,13 +107,26 @@ def write_report(
         metrics: TensorBoard tags to plot instead of the experiment's figures.
 
     Returns:
-        The files written.
+        The files written. Runs of both kinds (RL and supervised) get one report each, in
+        ``out_dir/rl`` and ``out_dir/supervised``.
     """
     runs = find_runs(runs_dir)
     require(bool(runs), "RUNS_DIR", str(runs_dir), "a directory containing run directories")
-    kinds = {r.kind for r in runs}
-    require(len(kinds) == 1, "RUNS_DIR", str(runs_dir), "runs of one kind (rl or supervised)")
-    kind = kinds.pop()
+    kinds = sorted({r.kind for r in runs})
+    if len(kinds) == 1:
+        return _write_kind_report(runs, kinds[0], runs_dir, out_dir, experiment, metrics)
+    written: list[Path] = []
+    for kind in kinds:  # the experiment (figures, published numbers) goes to its own kind
+        own = experiment if experiment is not None and experiment.script == kind else None
+        of_kind = [r for r in runs if r.kind == kind]
+        written += _write_kind_report(of_kind, kind, runs_dir, out_dir / kind, own, metrics)
+    return written
+
+
+def _write_kind_report(runs: Sequence[Run], kind: str, runs_dir: Path, out_dir: Path,
+                       experiment: Experiment | None,
+                       metrics: Sequence[str]) -> list[Path]:  # fmt: skip
+    """:func:`write_report` for runs of one kind."""
     groups = group_runs(runs, experiment.settings if experiment else ())
     plot_spec = experiment.plot if experiment else {}
     title = (experiment.title if experiment else f"Runs in {runs_dir}") + dataset_note(

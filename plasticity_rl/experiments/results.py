@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -25,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from plasticity_rl.config import load_yaml
 from plasticity_rl.metrics.summary import bootstrap_ci
-from plasticity_rl.registry import require
+from plasticity_rl.registry import ConfigError, require
 
 ALIGN_POINTS = 500
 GROUPING_IGNORED_KEYS = ("seed", "data_dir")
@@ -88,23 +89,36 @@ class Run:
 
 
 def find_runs(root: Path) -> list[Run]:
-    """Every run directory (holding ``config.yaml``) under ``root``, sorted by path."""
+    """Every run directory (holding ``config.yaml``) under ``root``, sorted by path. A run
+    whose ``config.yaml``, ``results.json`` or ``pruning.json`` cannot be read is skipped with
+    a warning naming the file (one broken run does not cost the report)."""
     runs = []
     for config_path in sorted(Path(root).rglob("config.yaml")):
         path = config_path.parent
-        runs.append(
-            Run(
-                path,
-                yaml.safe_load(config_path.read_text()) or {},
-                _read_json(path / "results.json"),
-                _read_json(path / "pruning.json"),
-            )
-        )
+        try:
+            config = load_yaml(config_path)
+            if not isinstance(config, dict):
+                raise ConfigError(str(config_path), type(config).__name__, "a YAML mapping")
+            run = Run(path, config, _read_json(path / "results.json"),
+                      _read_json(path / "pruning.json"))  # fmt: skip
+        except ConfigError as err:
+            print(f"warning: skipped run {path}: {err}", file=sys.stderr)
+            continue
+        runs.append(run)
     return runs
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A run's JSON file (None if there is none); ``ConfigError`` if it is not a JSON object."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(str(path), "unreadable JSON", f"a JSON object ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), type(data).__name__, "a JSON object")
+    return data
 
 
 @dataclass
@@ -327,7 +341,7 @@ def markdown_table(
                 for group in groups for run in group.runs
                 if (run.results or {}).get("diverged_at_step") is not None]  # fmt: skip
     if diverged:
-        lines.append("Diverged (training loss NaN or infinite; counted as logged): "
+        lines.append("Diverged (training loss NaN or infinite; no final numbers, left out): "
                      + "; ".join(diverged) + ".")  # fmt: skip
     if published.get("source"):
         lines.append(f"Published: {published['source']}")

@@ -16,7 +16,8 @@ is its own trial.
 
 Restarting a sweep:
 
-- a finished run (``status.json`` says ``complete``, or ``results.json`` exists) is skipped;
+- a finished run (``status.json`` says ``complete`` or ``diverged``, or ``results.json``
+  exists) is skipped;
   missing post-training evaluations (``evaluate:`` of the experiment) are run on it;
 - an unfinished run with a checkpoint is continued with ``--resume``;
 - an unfinished run without a checkpoint is deleted and started again;
@@ -57,9 +58,11 @@ from plasticity_rl.config import REPO_ROOT
 from plasticity_rl.experiments.results import flatten
 from plasticity_rl.experiments.spec import Experiment, Trial, resolve_trial, script
 from plasticity_rl.registry import ConfigError
+from plasticity_rl.rundir import CHECKPOINT, read_status
 
 TRIAL_LOG = "trial.log"
-CHECKPOINT = Path("checkpoints") / "latest.pt"
+SIGNAL_EXITS = (129, 130, 143)
+"""Exit statuses of a script stopped by SIGHUP, SIGINT or SIGTERM (after checkpointing)."""
 IGNORED_CONFIG_KEYS = ("agent_preset", "data_dir", "env_preset")
 """Config fields that may differ between a trial and its existing run (paths)."""
 LOG_TAIL_LINES = 25
@@ -125,11 +128,11 @@ class TrialOutcome:
 
 
 def run_is_complete(run_dir: Path) -> bool:
-    """A finished run: ``status.json`` says complete (RL) or ``results.json`` exists."""
+    """A finished run: ``status.json`` says complete or diverged (a rerun would diverge
+    again), or ``results.json`` exists."""
     if (run_dir / "results.json").is_file():
         return True
-    status = run_dir / "status.json"
-    return status.is_file() and '"complete"' in status.read_text()
+    return read_status(run_dir).get("state") in ("complete", "diverged")
 
 
 def evaluations_missing(run_dir: Path, evaluate: Mapping[str, Any]) -> bool:
@@ -186,7 +189,14 @@ def plan(
     for setting_trials in settings.values():
         to_run: list[tuple[Trial, Any, TrialJob]] = []
         for trial in setting_trials:
-            cfg, job = _plan_run(trial, experiment, logdir, preset_dir, extra, data_dirs or {})
+            try:
+                cfg, job = _plan_run(trial, experiment, logdir, preset_dir, extra,
+                                     data_dirs or {})  # fmt: skip
+            except ConfigError as err:  # a bad value fails its own trial, not the sweep
+                run_dir = logdir / trial.run_name
+                settled.append(TrialOutcome(trial.run_name, "failed", [run_dir],
+                                            message=f"error: {err}"))  # fmt: skip
+                continue
             if isinstance(job, TrialOutcome):
                 settled.append(job)
             elif job.action == "evaluate":
@@ -304,7 +314,7 @@ def batching_refusal(cfg: Any, seeds: Sequence[int]) -> str | None:
             build_batched_learner(cfg, seeds)
     except (ConfigError, DatasetNotFound, DatasetFormatError) as err:
         return str(err)
-    except (NotImplementedError, RuntimeError) as err:  # an operation the meta device lacks
+    except Exception as err:  # an operation the meta device lacks, a bad value: run alone
         return f"the check on the meta device failed ({type(err).__name__}: {err})"
     return None
 
@@ -348,8 +358,9 @@ def run_trial(job: TrialJob) -> TrialOutcome:
     run directories.
 
     The log is written to :attr:`TrialJob.live_log` while the script runs (the script creates
-    the run directories itself) and moved into them at the end. Never raises: a failure is an
-    outcome.
+    the run directories itself) and moved into them at the end. A failure is an outcome; a
+    script stopped by a signal (it checkpointed) raises ``KeyboardInterrupt`` after the log is
+    moved, so that the sweep stops too.
     """
     import torch
 
@@ -357,7 +368,7 @@ def run_trial(job: TrialJob) -> TrialOutcome:
     start = time.time()
     live_log = job.live_log
     live_log.parent.mkdir(parents=True, exist_ok=True)
-    ok = False
+    ok = interrupted = False
     with (
         live_log.open("a") as log,
         contextlib.redirect_stdout(log),
@@ -366,6 +377,8 @@ def run_trial(job: TrialJob) -> TrialOutcome:
         print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {job.action} {job.name}", flush=True)
         try:
             ok = _run_job(job)
+        except KeyboardInterrupt:
+            interrupted = True
         except Exception:
             traceback.print_exc()
     text = live_log.read_text()
@@ -374,6 +387,8 @@ def run_trial(job: TrialJob) -> TrialOutcome:
         with (run_dir / TRIAL_LOG).open("a") as out:
             out.write(text)
     live_log.unlink()
+    if interrupted:
+        raise KeyboardInterrupt(job.name)
     seconds = time.time() - start
     if ok:
         return TrialOutcome(job.name, "done", job.run_dirs, seconds)
@@ -390,6 +405,8 @@ def _run_job(job: TrialJob) -> bool:
                 shutil.rmtree(run_dir)
     if job.action != "evaluate":
         code = load_script_main(job.script)(job.script_argv())
+        if code in SIGNAL_EXITS:
+            raise KeyboardInterrupt(job.name)  # checkpointed: the sweep stops, a rerun resumes
         if code != 0:
             print(f"{job.name}: the script exited with status {code}")
             return False

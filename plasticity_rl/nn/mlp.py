@@ -130,6 +130,10 @@ def build_mlp(
             )
         )
     activations = [make_activation(activation) for _ in hidden_sizes]
+    for act, width in zip(activations, hidden_sizes, strict=True):
+        # k-winners (Top-K): k and its annealing start must fit in the layer, known only here
+        largest = max(getattr(act, "k", None) or 0, getattr(act, "k_max", None) or 0)
+        require(largest <= width, "topk.k", largest, f"an integer <= the layer width ({width})")
     return MLP(linears, activations)
 
 

@@ -36,7 +36,7 @@ from plasticity_rl.registry import ConfigError, Registry, require, split_spec
 OptimizerRecipe = tuple[type[torch.optim.Optimizer], dict[str, Any]]
 """An optimiser class and the keyword arguments (including ``lr``) to construct it with."""
 
-OPTIMIZERS: Registry[OptimizerRecipe] = Registry("optimizer")
+OPTIMIZERS: Registry[OptimizerRecipe] = Registry("optimizer", setting_key="optimizer.{key}")
 """Optimiser presets by name; each returns an :data:`OptimizerRecipe`."""
 
 SpecType = str | Mapping[str, Any]

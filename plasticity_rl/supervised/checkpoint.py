@@ -23,10 +23,11 @@ from plasticity_rl.optim.runs import (
     load_run_optimizer_states,
     run_optimizer_state_dict,
 )
-from plasticity_rl.registry import require
+from plasticity_rl.registry import ConfigError, require
+from plasticity_rl.rundir import CHECKPOINT, check_state_dict
+from plasticity_rl.rundir import load_checkpoint as load_verified
+from plasticity_rl.rundir import save_checkpoint as save_verified
 from plasticity_rl.supervised.learner import Learner
-
-CHECKPOINT = Path("checkpoints") / "latest.pt"
 
 
 def run_checkpoint(learner: Learner, run: int, progress: dict[str, Any]) -> dict[str, Any]:
@@ -44,12 +45,28 @@ def run_checkpoint(learner: Learner, run: int, progress: dict[str, Any]) -> dict
     }
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically write a training state; loadable with ``torch.load(weights_only=True)``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+def _verified(path: Path, model_state: dict[str, Any], methods: dict[str, Method]) -> dict:
+    """The checkpoint at ``path``, refused (``ConfigError``) unless it fits the run: its keys,
+    its network's tensor shapes and its methods."""
+    state = load_verified(path)
+    keys = ("model", "optimizer", "methods", "rng", "progress")
+    if not all(key in state for key in keys):
+        raise ConfigError("--resume", str(path), f"a supervised checkpoint (with {keys})")
+    check_state_dict("network", state["model"], model_state, path)
+    if sorted(state["methods"]) != sorted(methods):
+        raise ConfigError("--resume", str(path), f"a checkpoint with the run's methods "
+                          f"{sorted(methods)}; it has {sorted(state['methods'])}")  # fmt: skip
+    return state
+
+
+def _restore(path: Path, restore: Any) -> None:
+    """Run ``restore()``; a state that does not fit (optimiser groups, method buffers) is a
+    checkpoint of another run."""
+    try:
+        restore()
+    except (KeyError, ValueError, RuntimeError, TypeError) as err:
+        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else repr(err)
+        raise ConfigError("--resume", str(path), f"a checkpoint of this run ({first})") from None
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -58,12 +75,16 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 
     Each run of a batched run saves this format too, so it can be continued as a single run.
     """
-    state = torch.load(path, weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    for name, method in methods.items():
-        method.load_state_dict(state["methods"][name])
-    torch.set_rng_state(state["rng"]["torch"])
+    state = _verified(path, model.state_dict(), methods)
+
+    def restore() -> None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        for name, method in methods.items():
+            method.load_state_dict(state["methods"][name])
+        torch.set_rng_state(state["rng"]["torch"])
+
+    _restore(path, restore)
     return state["progress"]
 
 
@@ -75,21 +96,27 @@ def load_run_checkpoints(learner: Learner, paths: Sequence[Path]) -> list[dict[s
         ConfigError: the checkpoints are not at the same step (one batched group saves all
             its runs at the same task boundary).
     """
-    states = [torch.load(path, weights_only=True) for path in paths]
+    model = learner.model
+    single = run_state_dict(model, 0)
+    states = [_verified(path, single, learner.methods) for path in paths]
     steps = [state["progress"]["step"] for state in states]
     dirs = [str(path.parent.parent) for path in paths]
     allowed = f"runs checkpointed at one step (got steps {steps}); resume them one by one"
     require(steps == [steps[0]] * len(steps), "--resume", dirs, allowed)
-    model = learner.model
-    model.load_state_dict(stack_run_state_dicts(model, [state["model"] for state in states]))
-    load_run_optimizer_states(learner.optimizer, [state["optimizer"] for state in states])
-    for name, method in learner.methods.items():
-        method.load_run_state_dicts([state["methods"][name] for state in states])
-    for generator, state in zip(learner.generators or [], states, strict=True):
-        generator.set_state(state["rng"]["torch"])
+
+    def restore() -> None:
+        model.load_state_dict(stack_run_state_dicts(model, [state["model"] for state in states]))
+        load_run_optimizer_states(learner.optimizer, [state["optimizer"] for state in states])
+        for name, method in learner.methods.items():
+            method.load_run_state_dicts([state["methods"][name] for state in states])
+        for generator, state in zip(learner.generators or [], states, strict=True):
+            generator.set_state(state["rng"]["torch"])
+
+    _restore(paths[0], restore)
     return [state["progress"] for state in states]
 
 
 def save_all(learner: Learner, run_dirs: Sequence[Path], progresses: list[dict]) -> None:
+    """Each run's checkpoint in its run directory (:func:`plasticity_rl.rundir.save_checkpoint`)."""
     for run, (run_dir, progress) in enumerate(zip(run_dirs, progresses, strict=True)):
-        save_checkpoint(run_dir / CHECKPOINT, run_checkpoint(learner, run, progress))
+        save_verified(run_dir / CHECKPOINT, run_checkpoint(learner, run, progress))

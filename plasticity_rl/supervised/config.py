@@ -53,7 +53,14 @@ class TrainConfig:
     log_every_steps: int = 100
     """Training loss (and online accuracy) logged every this many optimiser steps."""
     stop_after_tasks: int | None = None
-    """Stop (with a checkpoint) after this many tasks, e.g. to continue later with --resume."""
+    """Stop (with a checkpoint) after this many tasks, e.g. to continue later with --resume.
+    A pause of this invocation: not recorded in ``config.yaml``, so a plain ``--resume``
+    finishes the run."""
+    checkpoint_every_steps: int = 50_000
+    """Also checkpoint mid-task, at the first chunk end (:func:`~plasticity_rl.supervised.steps.
+    chunk_examples`) after this many optimiser steps since the last checkpoint (0: only at
+    task ends and regression bins, which always checkpoint). SIGINT, SIGTERM and SIGHUP
+    checkpoint at the next chunk end."""
     hand_backprop: bool = True
     """Compute the gradients of a plain MLP without autograd (``plasticity_rl.nn.backprop``:
     autograd's own derivative kernels, fewer ops per step); other networks, and methods that
@@ -94,4 +101,6 @@ def validate(cfg: SupervisedRunConfig) -> None:
         t.stop_after_tasks,
         "null or an integer >= 1",
     )
+    require(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
+            t.checkpoint_every_steps, "an integer >= 0")  # fmt: skip
     require(cfg.network.kind in NETWORK_KINDS, "network.kind", cfg.network.kind, NETWORK_KINDS)

@@ -30,8 +30,10 @@ import codecs
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
+import sys
 import tarfile
 import tempfile
 import urllib.request
@@ -111,6 +113,8 @@ class DatasetSource:
         num_classes: number of classes.
         mirrors: base URLs (ending in ``/``) tried in order for a missing file.
         md5: published MD5 of each downloadable file, by file name.
+        content_md5: MD5 of each IDX file's uncompressed content (what the data is, whatever
+            its gzip wrapper), used to recognise the dataset on disk.
         cifar: the CIFAR layout, or None for the four IDX files.
         hint: extra advice appended to "not found" messages.
     """
@@ -119,6 +123,7 @@ class DatasetSource:
     num_classes: int
     mirrors: tuple[str, ...]
     md5: dict[str, str]
+    content_md5: dict[str, str] | None = None
     cifar: CifarLayout | None = None
     hint: str = ""
 
@@ -143,6 +148,12 @@ SOURCES: dict[str, DatasetSource] = {
             "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
             "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
         },
+        content_md5={  # of the original files, as published
+            "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+            "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+            "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+            "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+        },
     ),
     "fashion_mnist": DatasetSource(
         image_shape=(1, 28, 28),
@@ -153,6 +164,12 @@ SOURCES: dict[str, DatasetSource] = {
             "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
             "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
             "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+        content_md5={  # of the files in Debian's dataset-fashion-mnist (recompressed originals)
+            "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+            "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+            "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
         },
         hint=(
             " (Debian: apt-get install dataset-fashion-mnist -> /usr/share/datasets/fashion-mnist)"
@@ -359,14 +376,14 @@ def read_idx(path: str | Path) -> np.ndarray:
     if len(raw) < header:
         raise DatasetFormatError(f"{path}: truncated IDX header ({len(raw)} bytes)")
     shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, offset=4))
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # exact, however absurd the sizes
     if len(raw) != expected:
         problem = "truncated" if len(raw) < expected else "trailing bytes"
         raise DatasetFormatError(
             f"{path}: {problem}: {len(raw)} bytes, but the header's shape {shape} of {dtype} "
             f"needs {expected}"
         )
-    data = np.frombuffer(raw, dtype, int(np.prod(shape)), offset=header)
+    data = np.frombuffer(raw, dtype, math.prod(shape), offset=header)
     return data.reshape(shape).astype(dtype.newbyteorder("="))  # a writable native copy
 
 
@@ -407,11 +424,37 @@ def _load_idx(finder: _Finder) -> ImageDataset:
                 f"{where}: {labels_file} must have IDX magic 2049 (uint8 labels of shape "
                 f"({len(images)},)); got {labels.dtype} {labels.shape}"
             )
+        for file_name, array in ((images_file, images), (labels_file, labels)):
+            _check_identity(finder, file_name, array)
         arrays[split] = (
             torch.from_numpy(images).unsqueeze(1),
             _labels(labels, source.num_classes, f"{where} {labels_file}"),
         )
     return _dataset(finder, arrays)
+
+
+def _check_identity(finder: _Finder, file_name: str, array: np.ndarray) -> None:
+    """Recognise an IDX file by the MD5 of its uncompressed content: refuse another known
+    dataset's file (Fashion-MNIST given to an ``mnist`` preset), warn on unknown content.
+
+    Raises:
+        DatasetFormatError: the file is a known file of another dataset.
+    """
+    content = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    digest = hashlib.md5(content + array.tobytes(), usedforsecurity=False).hexdigest()
+    known = finder.source.content_md5 or {}
+    if known.get(file_name) == digest:
+        return
+    for other, source in SOURCES.items():
+        if (source.content_md5 or {}).get(file_name) == digest:
+            raise DatasetFormatError(
+                f"{finder.name}: {file_name} in {', '.join(map(str, finder.dirs))} is "
+                f"{other}'s (MD5 {digest}), not {finder.name}'s: give the {finder.name} folder "
+                f"to --data-dir, or use a {other} preset"
+            )
+    if known and file_name.startswith("train-images"):  # one line per dataset read
+        print(f"warning: {finder.name}: {file_name} is not the published {finder.name} (MD5 of "
+              f"its content {digest}); training on it as given", file=sys.stderr)  # fmt: skip
 
 
 def _idx_path(finder: _Finder, stem: str) -> Path:
@@ -584,6 +627,17 @@ def _labels(labels: np.ndarray, num_classes: int, where: str) -> Tensor:
 
 
 def _dataset(finder: _Finder, arrays: dict[str, tuple[Tensor, Tensor]]) -> ImageDataset:
+    """The dataset, refused unless its training split holds examples of every class (the
+    streams split and permute them by class) and its test split is not empty."""
+    for split, (_, labels) in arrays.items():
+        present = torch.unique(labels).tolist()
+        if len(present) < (finder.source.num_classes if split == "train" else 1):
+            shown = present if len(present) <= 10 else f"{len(present)} classes"
+            raise DatasetFormatError(
+                f"{finder.name} {split}: {len(labels)} examples of classes {shown}; the streams "
+                f"need {'examples of all ' if split == 'train' else 'test examples of '}"
+                f"{finder.source.num_classes} classes"
+            )
     (train_x, train_y), (test_x, test_y) = arrays["train"], arrays["test"]
     return ImageDataset(finder.name, train_x, train_y, test_x, test_y, finder.source.num_classes)
 

@@ -108,31 +108,42 @@ def run_losses(
     return per_example.view(output.shape[0], -1).mean(1)
 
 
+def chunk_examples(n: int, runs: int, batch_size: int, batched: bool) -> int:
+    """Examples per run that :func:`run_batches` gathers at a time: about
+    :data:`CHUNK_EXAMPLES` over all runs, a multiple of ``batch_size`` (or all ``n``).
+
+    A chunk's end is a point where a run can be checkpointed and continued exactly (the
+    hand-written backward's lookahead starts afresh at each chunk)."""
+    per_run = max(1, CHUNK_EXAMPLES // (runs * batch_size)) * batch_size
+    return min(n, per_run if batched else max(1, CHUNK_EXAMPLES // batch_size) * batch_size)
+
+
 def run_batches(
     tasks: Sequence[Task],
     orders: Sequence[Tensor],
     batch_size: int,
     batched: bool,
     on_chunk: Callable[[Tensor], None] | None = None,
+    start: int = 0,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """One epoch's training batches: run s's batches take ``tasks[s]`` in ``orders[s]``.
 
     Yields ``(x, y)`` of the single run, or of all runs stacked as ``(S, B, ...)``. Examples
-    are gathered about :data:`CHUNK_EXAMPLES` at a time (over all runs) and then sliced, to
-    keep per-step work small; batched runs gather into one buffer, so a batch is only valid
-    until the next one is taken. ``on_chunk`` is called with each chunk's inputs before its
-    batches are yielded (``(S, n, ...)`` or ``(n, ...)``; :meth:`HandBackprop.prefetch`).
+    are gathered :func:`chunk_examples` at a time (over all runs) and then sliced, to keep
+    per-step work small; batched runs gather into one buffer, so a batch is only valid until
+    the next one is taken. ``on_chunk`` is called with each chunk's inputs before its batches
+    are yielded (``(S, n, ...)`` or ``(n, ...)``; :meth:`HandBackprop.prefetch`). ``start``:
+    the epoch's first example to yield (a chunk boundary: a run continued mid-task).
     """
     n = len(orders[0])
-    per_run = max(1, CHUNK_EXAMPLES // (len(tasks) * batch_size)) * batch_size
-    chunk = min(n, per_run if batched else max(1, CHUNK_EXAMPLES // batch_size) * batch_size)
+    chunk = chunk_examples(n, len(tasks), batch_size, batched)
     dim = 1 if batched else 0
     first_x, first_y = tasks[0].train_x, tasks[0].train_y
     if batched:  # (S, chunk, ...), filled in place: no new chunk-sized tensor per chunk
         x_buffer = first_x.new_empty(len(tasks), chunk, *first_x.shape[1:])
         y_buffer = first_y.new_empty(len(tasks), chunk, *first_y.shape[1:])
-    for start in range(0, n, chunk):
-        indices = [order[start : start + chunk] for order in orders]
+    for first in range(start, n, chunk):
+        indices = [order[first : first + chunk] for order in orders]
         if batched:
             size = len(indices[0])
             x, y = x_buffer[:, :size], y_buffer[:, :size]
