@@ -221,7 +221,7 @@ def test_schedule_state_restore_continues_sequence():
 def test_find_schedule_wrapper():
     env = Monitor(FrictionShift(hopper()))
     assert isinstance(find_schedule_wrapper(env), FrictionShift)
-    with pytest.raises(ValueError, match="no PhysicsShift"):
+    with pytest.raises(ValueError, match="no ScheduledShift"):
         find_schedule_wrapper(hopper())
 
 
