@@ -68,7 +68,9 @@ class ObservationPermutation(ScheduledShift, gym.utils.RecordConstructorArgs):
 
     ``info["nonstationary"]["obs_fixed_fraction"]`` is the fraction of entries the current
     permutation leaves in place (1.0 = identity, about ``1/n`` on average for a random one); the
-    permutation itself is ``get_schedule_state()["value"]``.
+    permutation itself is ``get_schedule_state()["value"]``. With ``normalize_observations``
+    the running mean and variance of each input entry mix the entries that were permuted into
+    it (the normaliser sits outside the wrapper, as the agent's own input statistics would).
 
     Example:
         >>> import gymnasium as gym
