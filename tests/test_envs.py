@@ -221,7 +221,7 @@ def test_schedule_state_restore_continues_sequence():
 def test_find_schedule_wrapper():
     env = Monitor(FrictionShift(hopper()))
     assert isinstance(find_schedule_wrapper(env), FrictionShift)
-    with pytest.raises(ValueError, match="no PhysicsShift"):
+    with pytest.raises(ValueError, match="no ScheduledShift"):
         find_schedule_wrapper(hopper())
 
 
@@ -339,6 +339,19 @@ def test_presets():
         ("plasticity_rl/AntFriction-v5", {}),
         ("plasticity_rl/Walker2dFriction-v5", {"every_env_steps": 3}),
         ("plasticity_rl/HopperShift-v5", {"field": "body_mass", "low": 0.5, "high": 2.0}),
+        (
+            "plasticity_rl/HopperShift-v5",
+            {"field": "opt.gravity", "index": 2, "low": 0.5, "high": 1.5},
+        ),  # fmt: skip
+        ("plasticity_rl/HopperObsPermutation-v5", {"every_env_steps": 3}),
+        ("plasticity_rl/AntObsPermutation-v5", {"initial": "sample"}),
+        ("plasticity_rl/HopperActionPermutation-v5", {"every_env_steps": 3}),
+        (
+            "plasticity_rl/Walker2dActionPermutation-v5",
+            {"mode": "permute_flip", "initial": "sample"},
+        ),  # fmt: skip
+        ("plasticity_rl/HopperRewardSwitch-v5", {"every_env_steps": 3}),
+        ("plasticity_rl/AntRewardSwitch-v5", {"target": "speed", "initial": "sample"}),
     ],
 )
 @pytest.mark.filterwarnings("ignore:.*different from the unwrapped version")

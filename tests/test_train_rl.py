@@ -278,3 +278,21 @@ def test_the_progress_bar_counts_env_steps_up_to_the_total(tmp_path, capsys):
     assert main([*argv, "--logdir", str(tmp_path), "--name", "r"]) == 0  # two rollouts of 256
     bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     assert re.search(r"100%.*\b300/300 \[.* env steps/s\]", bar), bar
+
+
+def test_a_new_shift_preset_trains_as_a_subprocess_and_logs_its_quantity(tmp_path):
+    # The observation-permutation preset, changing every 200 env steps (TINY): the script as a
+    # subprocess, 512 steps, then the env tags and the schedule in the checkpoint.
+    cmd = [sys.executable, str(SCRIPT), "--env", "hopper-obs-permutation", "--agent", "ppo",
+           "--total-steps", "512", "--logdir", str(tmp_path), "--name", "perm", *TINY]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    tags = scalars(tmp_path / "perm")
+    assert {"env/obs_fixed_fraction", "env/changes", "env/env_steps_since_change"} <= set(tags)
+    assert tags["env/changes"][-1][1] >= 1  # at least one change within 512 steps
+    # logged at each rollout end (256, 512): fraction of the 11 entries a permutation keeps
+    assert [step for step, _ in tags["env/obs_fixed_fraction"]] == [256, 512]
+    assert all(round(v * 11, 4) == round(v * 11) for _, v in tags["env/obs_fixed_fraction"])
+    schedule = next(level["schedule"] for level in final_state(tmp_path / "perm")["envs"][0]
+                    if "schedule" in level)  # fmt: skip
+    assert sorted(schedule["value"]) == list(range(11)) and schedule["changes"] >= 1

@@ -54,7 +54,8 @@ def make_env(cfg: RLRunConfig) -> VecEnv:
     """``n_envs`` copies of the configured env, each seeded ``seed + rank`` by SB3.
 
     Non-stationary envs get ``schedule_seed = seed`` unless the preset sets one, so every copy
-    follows the same sequence of physics values (each copy counts its own env steps).
+    follows the same sequence of values (physics, permutations, reward targets); each copy
+    counts its own env steps.
     """
     vec_env_cls = SubprocVecEnv if cfg.env.vec_env == "subproc" else DummyVecEnv
     kwargs = dict(cfg.env.kwargs)

@@ -1,13 +1,18 @@
 """Non-stationary MuJoCo envs, their Gymnasium ids and the YAML presets in the repo's ``envs/``.
 
-Importing this package registers, for ``Base`` in ``Ant``, ``Hopper``, ``Walker2d``:
+Importing this package registers, for ``Base`` in ``Ant``, ``Hopper``, ``Walker2d``, the ids
+``plasticity_rl/<Base><Kind>-v5``: the wrapper of ``Kind`` around ``<Base>-v5``, all on the same
+seeded schedule (:class:`ScheduledShift`):
 
-- ``plasticity_rl/<Base>Friction-v5``: :class:`FrictionShift` around ``<Base>-v5`` (Dohare et al.
-  2024 defaults: friction set to a log-uniform draw in [0.02, 2.0] every 2M env steps);
-- ``plasticity_rl/<Base>Shift-v5``: :class:`PhysicsShift` around ``<Base>-v5`` (``field``,
-  ``low`` and ``high`` required).
+- ``Friction``: :class:`FrictionShift` (Dohare et al. 2024 defaults: friction set to a
+  log-uniform draw in [0.02, 2.0] every 2M env steps);
+- ``Shift``: :class:`PhysicsShift` (``field``, ``low`` and ``high`` required; e.g. body mass or
+  gravity);
+- ``ObsPermutation``: :class:`ObservationPermutation`;
+- ``ActionPermutation``: :class:`ActionPermutation` (``mode`` permute / flip / permute_flip);
+- ``RewardSwitch``: :class:`RewardSwitch` (``target`` direction / speed).
 
-Both keep the base env's ``max_episode_steps`` (1000); ``gymnasium.make`` puts ``TimeLimit``
+All keep the base env's ``max_episode_steps`` (1000); ``gymnasium.make`` puts ``TimeLimit``
 outside the wrapper, whose reset sees every episode boundary, truncations included. Keywords the
 wrapper does not take go to the base env. Sub-processes (``SubprocVecEnv``) that only receive an
 id string must import this package first, e.g. use ``"plasticity_rl.envs:plasticity_rl/..."``
@@ -35,43 +40,52 @@ from plasticity_rl.envs.nonstationary import (
     INFO_KEY,
     FrictionShift,
     PhysicsShift,
+    ScheduledShift,
     find_schedule_wrapper,
-    make_friction_env,
-    make_physics_shift_env,
+    make_shift_env,
 )
+from plasticity_rl.envs.task_shifts import ActionPermutation, ObservationPermutation, RewardSwitch
 from plasticity_rl.registry import ConfigError
 
 __all__ = [
     "INFO_KEY",
+    "KINDS",
     "PRESET_DIR",
+    "ActionPermutation",
     "FrictionShift",
+    "ObservationPermutation",
     "PhysicsShift",
+    "RewardSwitch",
+    "ScheduledShift",
     "find_schedule_wrapper",
     "load_env_preset",
     "make_env_from_preset",
-    "make_friction_env",
-    "make_physics_shift_env",
+    "make_shift_env",
 ]
 
 PRESET_DIR = REPO_ROOT / "envs"
 """The repo's ``envs/`` folder of YAML presets."""
 
-_MODULE = "plasticity_rl.envs.nonstationary"
+KINDS: dict[str, type[ScheduledShift]] = {
+    "Friction": FrictionShift,
+    "Shift": PhysicsShift,
+    "ObsPermutation": ObservationPermutation,
+    "ActionPermutation": ActionPermutation,
+    "RewardSwitch": RewardSwitch,
+}
+"""The ``<Kind>`` part of the registered ids and the wrapper it names."""
 
 for _base in ("Ant", "Hopper", "Walker2d"):
     _base_id = f"{_base}-v5"
     _max_steps = gym.spec(_base_id).max_episode_steps
-    for _suffix, _factory in (
-        ("Friction", "make_friction_env"),
-        ("Shift", "make_physics_shift_env"),
-    ):
-        _id = f"plasticity_rl/{_base}{_suffix}-v5"
+    for _kind, _wrapper in KINDS.items():
+        _id = f"plasticity_rl/{_base}{_kind}-v5"
         if _id not in gym.registry:
             gym.register(
                 _id,
-                entry_point=f"{_MODULE}:{_factory}",
+                entry_point="plasticity_rl.envs.nonstationary:make_shift_env",
                 max_episode_steps=_max_steps,
-                kwargs={"base_id": _base_id},
+                kwargs={"base_id": _base_id, "wrapper": _wrapper.__name__},
             )
 
 

@@ -1,10 +1,12 @@
-"""Non-stationary MuJoCo tasks: a physics parameter resampled every N env steps.
+"""Non-stationary MuJoCo tasks: the seeded change schedule, and physics resampled on it.
 
 Dohare et al. 2024 (Nature), "Loss of plasticity in deep continual learning", RL experiments:
 Ant whose friction coefficient is drawn log-uniformly from [0.02, 2.0] every 2M steps. Here the
-mechanism is one wrapper, :class:`PhysicsShift`, which rewrites any float array of the live
-``mujoco.MjModel`` (``env.unwrapped.model``; no XML rewrite, no rebuild); :class:`FrictionShift`
-is that wrapper with the friction defaults of the paper.
+schedule is one base class, :class:`ScheduledShift`, that every non-stationary wrapper of the
+package uses (the physics ones below and those of :mod:`plasticity_rl.envs.task_shifts`);
+:class:`PhysicsShift` rewrites any float array of the live ``mujoco.MjModel``
+(``env.unwrapped.model``; no XML rewrite, no rebuild) on it, and :class:`FrictionShift` is that
+wrapper with the friction defaults of the paper.
 
 Schedule (units are env steps of *this* env copy, i.e. calls to ``step()``; one env step is
 ``frame_skip`` simulator steps):
@@ -32,9 +34,10 @@ the agent trains on a mixture of ``n_envs`` tasks. To reproduce Dohare's single-
 task at a time) pass the run's seed as ``schedule_seed`` (``env_kwargs={"schedule_seed": s}``):
 all copies then share one sequence and switch within one episode of each other.
 
-``info["nonstationary"]`` at every ``step()`` and ``reset()`` holds
-``{name: current value, "changes": number of changes so far, "env_steps_since_change": counter}``
-with ``name`` ``"friction"`` for :class:`FrictionShift` and the field name otherwise.
+``info["nonstationary"]`` at every ``step()`` and ``reset()`` holds the wrapper's scalars and
+``{"changes": number of changes so far, "env_steps_since_change": counter}``; for the physics
+wrappers the scalar is ``{name: current value}`` with ``name`` ``"friction"`` for
+:class:`FrictionShift` and the field name (or ``name=``) otherwise.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
-from typing import Any, SupportsFloat
+from typing import Any, ClassVar, SupportsFloat
 
 import gymnasium as gym
 import mujoco
@@ -62,7 +65,177 @@ INITIALS = ("sample", "default")
 _SCHEDULE_SALT = 0x5C4ED
 
 
-class PhysicsShift(gym.Wrapper, gym.utils.RecordConstructorArgs):
+class ScheduledShift(gym.Wrapper):
+    """Base of the non-stationary wrappers: the seeded change schedule, shared by all of them.
+
+    A subclass says *what* changes; this class decides *when* (see the module docstring): it
+    counts env steps, draws a new value at the first reset after ``every_env_steps`` steps from
+    its own salted generator, restarts on a seeded reset, puts ``info["nonstationary"]`` into
+    every ``step()`` and ``reset()`` and saves/restores the schedule for exact resume. A subclass
+    implements :meth:`_draw` (a new value, plain Python data, from ``self._rng``), :meth:`_apply`
+    (put a value, or ``None`` for the unchanged env, in effect) and :meth:`_reported` (the scalars
+    of ``info["nonstationary"]``), and overrides the identity hooks :meth:`_action`,
+    :meth:`_observation` and :meth:`_reward` it needs. One schedule wrapper per env: an outer
+    one's ``info["nonstationary"]`` replaces an inner one's.
+
+    Args:
+        env: the env to wrap.
+        every_env_steps: env steps of this copy after which the next reset changes the value.
+        initial: ``"sample"`` draws the first value at the first reset; ``"default"`` keeps the
+            unchanged env until the first change.
+        schedule_seed: seed of the value sequence; ``None`` uses the first reset's seed.
+    """
+
+    by_name: ClassVar[dict[str, type[ScheduledShift]]] = {}
+    """Every subclass by class name (entry point :func:`make_shift_env`)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        ScheduledShift.by_name[cls.__name__] = cls
+
+    def __init__(
+        self,
+        env: gym.Env,
+        *,
+        every_env_steps: int,
+        initial: str,
+        schedule_seed: int | None,
+    ):
+        gym.Wrapper.__init__(self, env)
+        require(initial in INITIALS, "initial", initial, INITIALS)
+        require(
+            isinstance(every_env_steps, int) and every_env_steps >= 1,
+            "every_env_steps",
+            every_env_steps,
+            "an integer >= 1",
+        )
+        require(
+            schedule_seed is None or (isinstance(schedule_seed, int) and schedule_seed >= 0),
+            "schedule_seed",
+            schedule_seed,
+            "None or an integer >= 0",
+        )
+        self._every_env_steps = every_env_steps
+        self._initial = initial
+        self._schedule_seed = schedule_seed
+        self._rng: np.random.Generator | None = None  # created at the first reset
+        self._value: Any = None  # None: the unchanged env
+        self._changes = 0
+        self._env_steps_since_change = 0
+
+    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Steps the env, counts the step and adds ``info["nonstationary"]``."""
+        observation, reward, terminated, truncated, info = self.env.step(self._action(action))
+        self._env_steps_since_change += 1
+        info[INFO_KEY] = self._info()
+        return (
+            self._observation(observation),
+            self._reward(reward, info),
+            terminated,
+            truncated,
+            info,
+        )
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Any, dict[str, Any]]:
+        """Applies a due change, then resets the env.
+
+        The first call, and any call with a ``seed``, (re)starts the schedule: seeds it
+        (``schedule_seed``, else ``seed``), zeroes its counters and, with ``initial="sample"``,
+        draws and applies the first value (else restores the unchanged env). Other calls draw
+        and apply a new value only if ``every_env_steps`` steps have passed since the last
+        change.
+
+        Args:
+            seed: seed for the env (and for the schedule at the first call, see above).
+            options: options for the env.
+
+        Returns:
+            The env's ``(observation, info)`` with ``info["nonstationary"]`` added.
+        """
+        if self._rng is None or seed is not None:
+            self._rng = _schedule_rng(
+                self._schedule_seed if self._schedule_seed is not None else seed
+            )
+            self._changes = self._env_steps_since_change = 0
+            self._set(None)
+            if self._initial == "sample":
+                self._set(self._draw())
+        elif self._env_steps_since_change >= self._every_env_steps:
+            self._changes += 1
+            self._env_steps_since_change = 0
+            self._set(self._draw())
+        observation, info = self.env.reset(seed=seed, options=options)
+        info[INFO_KEY] = self._info()
+        return self._observation(observation), info
+
+    def get_schedule_state(self) -> dict[str, Any]:
+        """The schedule as plain Python data (for checkpoints; JSON-serialisable).
+
+        Returns:
+            ``{"value", "changes", "env_steps_since_change", "rng_state"}``; ``value`` is
+            ``None`` while the env is unchanged, ``rng_state`` is ``None`` before the first
+            reset, else the generator's ``bit_generator.state`` dict.
+        """
+        return {
+            "value": copy.deepcopy(self._value),
+            "changes": self._changes,
+            "env_steps_since_change": self._env_steps_since_change,
+            "rng_state": None
+            if self._rng is None
+            else copy.deepcopy(self._rng.bit_generator.state),
+        }
+
+    def set_schedule_state(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`get_schedule_state` output and puts its value into effect.
+
+        The next resets without a seed continue the saved sequence (a resumed run never
+        resets with a seed).
+        """
+        self._changes = int(state["changes"])
+        self._env_steps_since_change = int(state["env_steps_since_change"])
+        self._rng = None
+        if state["rng_state"] is not None:
+            self._rng = np.random.Generator(np.random.PCG64())
+            self._rng.bit_generator.state = copy.deepcopy(state["rng_state"])
+        self._set(copy.deepcopy(state["value"]))
+
+    def _set(self, value: Any) -> None:
+        self._apply(value)
+        self._value = value
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            **self._reported(),
+            "changes": self._changes,
+            "env_steps_since_change": self._env_steps_since_change,
+        }
+
+    def _draw(self) -> Any:
+        """A new value from ``self._rng`` (plain Python data; ``self._changes`` is already the
+        count including this change, 0 for the first value)."""
+        raise NotImplementedError
+
+    def _apply(self, value: Any) -> None:
+        """Puts ``value`` (``None``: the unchanged env) into effect."""
+        raise NotImplementedError
+
+    def _reported(self) -> dict[str, float]:
+        """The scalars of ``info["nonstationary"]`` besides the counters."""
+        raise NotImplementedError
+
+    def _action(self, action: Any) -> Any:
+        return action
+
+    def _observation(self, observation: Any) -> Any:
+        return observation
+
+    def _reward(self, reward: SupportsFloat, info: dict[str, Any]) -> SupportsFloat:
+        return reward
+
+
+class PhysicsShift(ScheduledShift, gym.utils.RecordConstructorArgs):
     """Resamples one ``MjModel`` float array every ``every_env_steps`` env steps, at a reset.
 
     ``mode="set"`` writes the drawn value into every selected entry; ``mode="scale"`` writes the
@@ -126,7 +299,13 @@ class PhysicsShift(gym.Wrapper, gym.utils.RecordConstructorArgs):
             schedule_seed=schedule_seed,
             name=name,
         )
-        gym.Wrapper.__init__(self, env)
+        ScheduledShift.__init__(
+            self,
+            env,
+            every_env_steps=every_env_steps,
+            initial=initial,
+            schedule_seed=schedule_seed,
+        )
         model = getattr(env.unwrapped, "model", None)
         require(
             isinstance(model, mujoco.MjModel),
@@ -136,23 +315,10 @@ class PhysicsShift(gym.Wrapper, gym.utils.RecordConstructorArgs):
         )
         require(mode in MODES, "mode", mode, MODES)
         require(distribution in DISTRIBUTIONS, "distribution", distribution, DISTRIBUTIONS)
-        require(initial in INITIALS, "initial", initial, INITIALS)
         require(math.isfinite(low) and math.isfinite(high), "low/high", (low, high), "finite")
         require(low <= high, "low", low, f"<= high ({high})")
         if distribution == "log_uniform":
             require(low > 0, "low", low, "> 0 for a log_uniform distribution")
-        require(
-            isinstance(every_env_steps, int) and every_env_steps >= 1,
-            "every_env_steps",
-            every_env_steps,
-            "an integer >= 1",
-        )
-        require(
-            schedule_seed is None or (isinstance(schedule_seed, int) and schedule_seed >= 0),
-            "schedule_seed",
-            schedule_seed,
-            "None or an integer >= 0",
-        )
         array = _model_array(model, field)
         if array is None:
             close = difflib.get_close_matches(field, _float_fields(model), n=6, cutoff=0.5)
@@ -164,85 +330,8 @@ class PhysicsShift(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._mode = mode
         self._low, self._high = float(low), float(high)
         self._distribution = distribution
-        self._every_env_steps = every_env_steps
-        self._initial = initial
-        self._schedule_seed = schedule_seed
         self._name = field if name is None else name
         self._original = np.array(array[self._key], copy=True)
-        self._rng: np.random.Generator | None = None  # created at the first reset
-        self._value: float | None = None  # None: the XML values are in place
-        self._changes = 0
-        self._env_steps_since_change = 0
-
-    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        """Steps the env, counts the step and adds ``info["nonstationary"]``."""
-        observation, reward, terminated, truncated, info = self.env.step(action)
-        self._env_steps_since_change += 1
-        info[INFO_KEY] = self._info()
-        return observation, reward, terminated, truncated, info
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Any, dict[str, Any]]:
-        """Applies a due change to the model, then resets the env.
-
-        The first call, and any call with a ``seed``, (re)starts the schedule: seeds it
-        (``schedule_seed``, else ``seed``), zeroes its counters and, with ``initial="sample"``,
-        draws and applies the first value (else restores the XML values). Other calls draw
-        and apply a new value only if ``every_env_steps`` steps have passed since the last
-        change.
-
-        Args:
-            seed: seed for the env (and for the schedule at the first call, see above).
-            options: options for the env.
-
-        Returns:
-            The env's ``(observation, info)`` with ``info["nonstationary"]`` added.
-        """
-        if self._rng is None or seed is not None:
-            self._rng = _schedule_rng(
-                self._schedule_seed if self._schedule_seed is not None else seed
-            )
-            self._changes = self._env_steps_since_change = 0
-            self._apply(self._draw() if self._initial == "sample" else None)
-        elif self._env_steps_since_change >= self._every_env_steps:
-            self._apply(self._draw())
-            self._changes += 1
-            self._env_steps_since_change = 0
-        observation, info = self.env.reset(seed=seed, options=options)
-        info[INFO_KEY] = self._info()
-        return observation, info
-
-    def get_schedule_state(self) -> dict[str, Any]:
-        """The schedule as plain Python data (for checkpoints; JSON-serialisable).
-
-        Returns:
-            ``{"value", "changes", "env_steps_since_change", "rng_state"}``; ``value`` is
-            ``None`` while the XML values are in place, ``rng_state`` is ``None`` before the
-            first reset, else the generator's ``bit_generator.state`` dict.
-        """
-        return {
-            "value": self._value,
-            "changes": self._changes,
-            "env_steps_since_change": self._env_steps_since_change,
-            "rng_state": None
-            if self._rng is None
-            else copy.deepcopy(self._rng.bit_generator.state),
-        }
-
-    def set_schedule_state(self, state: dict[str, Any]) -> None:
-        """Restores :meth:`get_schedule_state` output and writes its value into the model.
-
-        The next resets without a seed continue the saved sequence (a resumed run never
-        resets with a seed).
-        """
-        self._changes = int(state["changes"])
-        self._env_steps_since_change = int(state["env_steps_since_change"])
-        self._rng = None
-        if state["rng_state"] is not None:
-            self._rng = np.random.Generator(np.random.PCG64())
-            self._rng.bit_generator.state = copy.deepcopy(state["rng_state"])
-        self._apply(None if state["value"] is None else float(state["value"]))
 
     def _draw(self) -> float:
         assert self._rng is not None
@@ -258,20 +347,15 @@ class PhysicsShift(gym.Wrapper, gym.utils.RecordConstructorArgs):
             array[self._key] = value
         else:
             array[self._key] = self._original * value
-        self._value = value
 
-    def _info(self) -> dict[str, Any]:
-        return {
-            self._name: self._reported_value(),
-            "changes": self._changes,
-            "env_steps_since_change": self._env_steps_since_change,
-        }
+    def _reported(self) -> dict[str, float]:
+        return {self._name: self._reported_value()}
 
     def _reported_value(self) -> float:
         # With the XML values in place: scale 1 in scale mode; in set mode the common value of
         # the selected entries, or NaN when they differ (no single value describes them).
         if self._value is not None:
-            return self._value
+            return float(self._value)
         if self._mode == "scale":
             return 1.0
         values = np.unique(self._original)
@@ -346,48 +430,43 @@ class FrictionShift(PhysicsShift):
         )
 
 
-def find_schedule_wrapper(env: gym.Env) -> PhysicsShift:
-    """The outermost :class:`PhysicsShift` in a wrapper chain (walks ``env.env``).
+def find_schedule_wrapper(env: gym.Env) -> ScheduledShift:
+    """The outermost :class:`ScheduledShift` in a wrapper chain (walks ``env.env``).
 
     ``VecEnv.env_method("get_schedule_state")`` already reaches the wrapper through
     ``get_wrapper_attr``; this helper is for code holding a single env.
 
     Raises:
-        ValueError: if no wrapper in the chain is a :class:`PhysicsShift`.
+        ValueError: if no wrapper in the chain is a :class:`ScheduledShift`.
     """
     current = env
     while True:
-        if isinstance(current, PhysicsShift):
+        if isinstance(current, ScheduledShift):
             return current
         if not isinstance(current, gym.Wrapper):
-            raise ValueError(f"no PhysicsShift wrapper in {env}")
+            raise ValueError(f"no ScheduledShift wrapper in {env}")
         current = current.env
 
 
-def make_friction_env(base_id: str, **kwargs: Any) -> FrictionShift:
-    """Entry point of the ``plasticity_rl/*Friction-v5`` ids: ``FrictionShift(base env)``.
+def make_shift_env(base_id: str, wrapper: str, **kwargs: Any) -> ScheduledShift:
+    """Entry point of the ``plasticity_rl/*-v5`` ids: ``<wrapper>(base env)``.
 
-    Keywords that :class:`FrictionShift` accepts configure the schedule; the others go to the
-    base env (e.g. ``terminate_when_unhealthy``). The base env is built without ``TimeLimit``,
-    checker or order enforcement: ``gymnasium.make`` adds those around the wrapper.
+    Args:
+        base_id: the Gymnasium id of the base env (``"Hopper-v5"``).
+        wrapper: class name of a :class:`ScheduledShift` subclass (``"FrictionShift"``).
+        **kwargs: keywords the wrapper accepts configure it; the others go to the base env
+            (e.g. ``terminate_when_unhealthy``).
+
+    The base env is built without ``TimeLimit``, checker or order enforcement:
+    ``gymnasium.make`` adds those around the wrapper, so its reset sees every episode boundary.
     """
-    return _wrap_base(FrictionShift, base_id, kwargs)
-
-
-def make_physics_shift_env(base_id: str, **kwargs: Any) -> PhysicsShift:
-    """Entry point of the ``plasticity_rl/*Shift-v5`` ids: ``PhysicsShift(base env)``.
-
-    Same keyword split as :func:`make_friction_env`; ``field``, ``low`` and ``high`` are required.
-    """
-    return _wrap_base(PhysicsShift, base_id, kwargs)
-
-
-def _wrap_base(wrapper: type[PhysicsShift], base_id: str, kwargs: dict[str, Any]) -> PhysicsShift:
-    accepted = accepted_kwargs(wrapper) or set()
+    require(wrapper in ScheduledShift.by_name, "wrapper", wrapper, sorted(ScheduledShift.by_name))
+    cls = ScheduledShift.by_name[wrapper]
+    accepted = accepted_kwargs(cls) or set()
     wrapper_kwargs = {k: v for k, v in kwargs.items() if k in accepted}
     base_kwargs = {k: v for k, v in kwargs.items() if k not in accepted}
     base = gym.make(base_id, max_episode_steps=-1, disable_env_checker=True, **base_kwargs)
-    return wrapper(base.unwrapped, **wrapper_kwargs)
+    return cls(base.unwrapped, **wrapper_kwargs)
 
 
 def _schedule_rng(seed: int | None) -> np.random.Generator:

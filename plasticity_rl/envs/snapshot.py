@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 
-from plasticity_rl.envs.nonstationary import PhysicsShift
+from plasticity_rl.envs.nonstationary import ScheduledShift
 
 _INTEGRATION = mujoco.mjtState.mjSTATE_INTEGRATION
 # Body poses from the last forward pass inside mj_step (one substep behind qpos); rewards such as
@@ -55,7 +55,7 @@ def get_env_snapshot(env: gym.Env) -> list[dict[str, Any]]:
             state["has_reset"] = level._has_reset
         if type(level).__name__ == "Monitor":
             state.update({k: _plain(getattr(level, k)) for k in _MONITOR_FIELDS})
-        if isinstance(level, PhysicsShift):
+        if isinstance(level, ScheduledShift):
             state["schedule"] = level.get_schedule_state()
         if not isinstance(level, gym.Wrapper):
             model, data = level.unwrapped.model, level.unwrapped.data
