@@ -203,10 +203,12 @@ def test_grad_clip_norm_rescales_the_joint_gradient_norm_before_the_step():
         make_optimizer([a], {"name": "sgd", "grad_clip_norm": 0})
 
 
-def test_grad_clip_norm_is_refused_for_batched_runs():
+def test_grad_clip_norm_is_refused_for_batched_runs_and_sb3():
     net = build_mlp(3, [4], 2)
     with pytest.raises(ConfigError, match="optimizer.grad_clip_norm: got 1.0.*batched"):
         make_run_optimizer(net, {"name": "sgd", "lr": 0.1, "grad_clip_norm": 1.0}, 2, None)
+    with pytest.raises(ConfigError, match="optimizer.grad_clip_norm: got 1.0.*max_grad_norm"):
+        sb3_optimizer_args({"name": "adam", "grad_clip_norm": 1.0})
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS.names())

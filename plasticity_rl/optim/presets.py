@@ -250,6 +250,11 @@ def sb3_optimizer_args(spec: SpecType) -> tuple[type[torch.optim.Optimizer], dic
         raise ConfigError(
             "optimizer.lr", kwargs["lr"], "no lr in an SB3 optimizer spec (set SB3's learning_rate)"
         )
+    if kwargs.get("grad_clip_norm") is not None:
+        raise ConfigError(
+            "optimizer.grad_clip_norm", kwargs["grad_clip_norm"],
+            "null for SB3 (PPO clips the gradient norm itself: ppo.max_grad_norm)",
+        )  # fmt: skip
     (optimizer_class, optimizer_kwargs), _ = _recipe(spec, {})
     optimizer_kwargs.pop("lr")
     return optimizer_class, optimizer_kwargs
