@@ -65,7 +65,7 @@ INITIALS = ("sample", "default")
 _SCHEDULE_SALT = 0x5C4ED
 
 
-class ScheduledShift(gym.Wrapper):
+class ScheduledShift(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Base of the non-stationary wrappers: the seeded change schedule, shared by all of them.
 
     A subclass says *what* changes; this class decides *when* (see the module docstring): it
@@ -100,7 +100,17 @@ class ScheduledShift(gym.Wrapper):
         every_env_steps: int,
         initial: str,
         schedule_seed: int | None,
+        **wrapper_args: Any,
     ):
+        """``wrapper_args``: the subclass's own constructor arguments, recorded with the
+        schedule's (:class:`gymnasium.utils.RecordConstructorArgs`) so ``make`` can rebuild it."""
+        gym.utils.RecordConstructorArgs.__init__(
+            self,
+            **wrapper_args,
+            every_env_steps=every_env_steps,
+            initial=initial,
+            schedule_seed=schedule_seed,
+        )
         gym.Wrapper.__init__(self, env)
         require(initial in INITIALS, "initial", initial, INITIALS)
         require(
@@ -235,7 +245,7 @@ class ScheduledShift(gym.Wrapper):
         return reward
 
 
-class PhysicsShift(ScheduledShift, gym.utils.RecordConstructorArgs):
+class PhysicsShift(ScheduledShift):
     """Resamples one ``MjModel`` float array every ``every_env_steps`` env steps, at a reset.
 
     ``mode="set"`` writes the drawn value into every selected entry; ``mode="scale"`` writes the
@@ -286,25 +296,19 @@ class PhysicsShift(ScheduledShift, gym.utils.RecordConstructorArgs):
         schedule_seed: int | None = None,
         name: str | None = None,
     ):
-        gym.utils.RecordConstructorArgs.__init__(
-            self,
-            field=field,
-            index=index,
-            mode=mode,
-            low=low,
-            high=high,
-            distribution=distribution,
-            every_env_steps=every_env_steps,
-            initial=initial,
-            schedule_seed=schedule_seed,
-            name=name,
-        )
         ScheduledShift.__init__(
             self,
             env,
             every_env_steps=every_env_steps,
             initial=initial,
             schedule_seed=schedule_seed,
+            field=field,
+            index=index,
+            mode=mode,
+            low=low,
+            high=high,
+            distribution=distribution,
+            name=name,
         )
         model = getattr(env.unwrapped, "model", None)
         require(

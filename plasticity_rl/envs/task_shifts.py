@@ -55,7 +55,7 @@ def _fixed_fraction(permutation: list[int] | None) -> float:
     return float(np.mean(np.asarray(permutation) == np.arange(len(permutation))))
 
 
-class ObservationPermutation(ScheduledShift, gym.utils.RecordConstructorArgs):
+class ObservationPermutation(ScheduledShift):
     """The observation vector permuted by a fixed random permutation, redrawn at each change.
 
     ``obs'[i] = obs[perm[i]]`` with ``perm`` uniform over all permutations of the ``n`` entries
@@ -97,9 +97,6 @@ class ObservationPermutation(ScheduledShift, gym.utils.RecordConstructorArgs):
         initial: str = "default",
         schedule_seed: int | None = None,
     ):
-        gym.utils.RecordConstructorArgs.__init__(
-            self, every_env_steps=every_env_steps, initial=initial, schedule_seed=schedule_seed
-        )
         ScheduledShift.__init__(
             self,
             env,
@@ -124,7 +121,7 @@ class ObservationPermutation(ScheduledShift, gym.utils.RecordConstructorArgs):
         return observation if self._permutation is None else observation[self._permutation]
 
 
-class ActionPermutation(ScheduledShift, gym.utils.RecordConstructorArgs):
+class ActionPermutation(ScheduledShift):
     """Actions routed to permuted actuators and/or sign-flipped, redrawn at each change.
 
     The env receives ``a_env[j] = signs[j] * a[perm[j]]``: actuator ``j`` is driven by the
@@ -165,19 +162,13 @@ class ActionPermutation(ScheduledShift, gym.utils.RecordConstructorArgs):
         initial: str = "default",
         schedule_seed: int | None = None,
     ):
-        gym.utils.RecordConstructorArgs.__init__(
-            self,
-            mode=mode,
-            every_env_steps=every_env_steps,
-            initial=initial,
-            schedule_seed=schedule_seed,
-        )
         ScheduledShift.__init__(
             self,
             env,
             every_env_steps=every_env_steps,
             initial=initial,
             schedule_seed=schedule_seed,
+            mode=mode,
         )
         require(mode in ACTION_MODES, "mode", mode, ACTION_MODES)
         self._mode = mode
@@ -214,7 +205,7 @@ class ActionPermutation(ScheduledShift, gym.utils.RecordConstructorArgs):
         return (action[self._permutation] * self._signs).astype(action.dtype, copy=False)
 
 
-class RewardSwitch(ScheduledShift, gym.utils.RecordConstructorArgs):
+class RewardSwitch(ScheduledShift):
     """The forward-progress reward term replaced by a target that changes at each change.
 
     For Gymnasium's v5 locomotion envs (Hopper, Walker2d, Ant, HalfCheetah, Swimmer), whose
@@ -262,21 +253,15 @@ class RewardSwitch(ScheduledShift, gym.utils.RecordConstructorArgs):
         initial: str = "default",
         schedule_seed: int | None = None,
     ):
-        gym.utils.RecordConstructorArgs.__init__(
-            self,
-            target=target,
-            low=low,
-            high=high,
-            every_env_steps=every_env_steps,
-            initial=initial,
-            schedule_seed=schedule_seed,
-        )
         ScheduledShift.__init__(
             self,
             env,
             every_env_steps=every_env_steps,
             initial=initial,
             schedule_seed=schedule_seed,
+            target=target,
+            low=low,
+            high=high,
         )
         weight = getattr(env.unwrapped, "_forward_reward_weight", None)
         require(
