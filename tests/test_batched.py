@@ -362,7 +362,8 @@ def test_per_run_lists_must_have_one_value_per_run_and_gaba_is_refused():
         build_batched_learner(cfg, SEEDS)
     topk = {"name": "topk", "k": 2, "gaba_switch_T": 10.0}
     with pytest.raises(ConfigError, match="gaba_switch_T.*null for batched runs"):
-        build_batched_learner(regression_config(network={"activation": topk}), SEEDS)
+        network = {"activation": topk, "init": "kaiming_uniform"}
+        build_batched_learner(regression_config(network=network), SEEDS)
     with pytest.raises(ConfigError, match="shrink_and_perturb.shrink"):
         ShrinkAndPerturb(shrink=[0.1, 0.2])
     with pytest.raises(ConfigError, match="replacement_rate"):

@@ -85,7 +85,7 @@ def test_shapes_and_target_network(target):
         assert set(signs.unique().tolist()) == {-1.0, 1.0}
     assert problem.input_weights.shape == (100, 20) and problem.input_bias.shape == (100,)
     assert problem.output_weights.shape == (100,)
-    assert problem.output_bias in ((-1.0, 1.0) if target == "reference" else (0.0,))
+    assert problem.output_bias.item() in ((-1.0, 1.0) if target == "reference" else (0.0,))
     tau = ltu_thresholds(problem.input_weights, problem.input_bias, 0.7, target)
     expected = ltu_target(x, problem.input_weights, problem.input_bias, tau,
                           problem.output_weights, problem.output_bias)  # fmt: skip

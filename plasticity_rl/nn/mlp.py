@@ -46,7 +46,7 @@ def activation_gain(activation: nn.Module) -> float:
         ConfigError: an activation without a gain here.
     """
     gain = _ACTIVATION_GAINS.get(type(activation))
-    allowed = "relu, leaky_relu, elu, swish, tanh, sigmoid, identity"
+    allowed = "relu, leaky_relu, elu, swish, tanh, sigmoid, identity (or another network.init)"
     require(gain is not None, f"{KAIMING_BY_ACTIVATION} activation", activation, allowed)
     return gain  # type: ignore[return-value]
 

@@ -98,7 +98,7 @@ def ltu_target(
     input_bias: Tensor,
     thresholds: Tensor,
     output_weights: Tensor,
-    output_bias: float,
+    output_bias: Tensor | float,
 ) -> Tensor:
     """The target network ``y = sum_i v_i LTU_i(x) + c``, shape ``(N, 1)`` (module docstring)."""
     features = ltu_features(x, input_weights, input_bias, thresholds)
@@ -167,9 +167,8 @@ class SlowlyChangingRegression:
         """+-1 biases ``b`` of the LTUs, shape ``(n,)``."""
         self.output_weights = self._random_signs((num_hidden,))
         """+-1 output weights ``v``, shape ``(n,)``."""
-        output_bias = self._random_signs(())
-        self.output_bias = float(output_bias) if target == "reference" else 0.0
-        """The output bias ``c``: +-1 for ``target="reference"``, 0 for ``"paper"``."""
+        self.output_bias = self._random_signs(()) * (target == "reference")
+        """The output bias ``c`` (0-d): +-1 for ``target="reference"``, 0 for ``"paper"``."""
         self.examples_drawn = 0
         """Examples returned by :meth:`sample` so far."""
         self._slow_bits = self._random_bits((num_slow_bits,))
@@ -238,7 +237,7 @@ class SlowlyChangingRegression:
             "input_weights": self.input_weights.clone(),
             "input_bias": self.input_bias.clone(),
             "output_weights": self.output_weights.clone(),
-            "output_bias": self.output_bias,
+            "output_bias": self.output_bias.clone(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -257,7 +256,7 @@ class SlowlyChangingRegression:
         self.input_weights = state["input_weights"].clone()
         self.input_bias = state["input_bias"].clone()
         self.output_weights = state["output_weights"].clone()
-        self.output_bias = float(state["output_bias"])
+        self.output_bias = torch.as_tensor(state["output_bias"], dtype=torch.float32).clone()
 
 
 @dataclass
