@@ -180,6 +180,26 @@ def test_regression_cbp_batched_equals_single_runs_through_replacements(optimize
         assert 50 <= total < 100
 
 
+@pytest.mark.parametrize("utility", ["contribution", "adaptable_contribution"])
+@pytest.mark.parametrize("accumulate", [True, False])
+def test_regression_cbp_options_batched_equal_single_runs(utility, accumulate, tmp_path):
+    # accumulate=False: each run draws its Bernoulli replacement from its own generator, as a
+    # single run draws it from the global RNG
+    cbp = {"continual_backprop": {**OFTEN, "utility": utility, "accumulate": accumulate,
+                                  "outgoing": "mean"}}  # fmt: skip
+    assert_same_runs(config("slowly-changing-regression", "regression-cbp",
+                            stream={"kwargs": REGRESSION}, method=cbp), tmp_path)  # fmt: skip
+    tag = "plasticity/net/hidden1/replacements"
+    for seed in SEEDS:
+        total = logged_total(tmp_path / f"batched{seed}", tag)
+        assert total == logged_total(tmp_path / f"single{seed}", tag)
+        assert 40 <= total < 110
+
+
+def test_regression_linear_learner_batched_equals_single_runs(tmp_path):
+    assert_same_runs(regression_config(network={"hidden_sizes": []}), tmp_path)
+
+
 def test_regression_redo_and_shrink_and_perturb_batched_equal_single_runs(tmp_path):
     # S&P noise: run s draws from its generator, which continues the state a single run's
     # global RNG has after torch.manual_seed(seed) and the network init, so the noise matches.
@@ -338,7 +358,8 @@ def test_per_run_lists_must_have_one_value_per_run_and_gaba_is_refused():
         build_batched_learner(cfg, SEEDS)
     topk = {"name": "topk", "k": 2, "gaba_switch_T": 10.0}
     with pytest.raises(ConfigError, match="gaba_switch_T.*null for batched runs"):
-        build_batched_learner(regression_config(network={"activation": topk}), SEEDS)
+        network = {"activation": topk, "init": "kaiming_uniform"}
+        build_batched_learner(regression_config(network=network), SEEDS)
     with pytest.raises(ConfigError, match="shrink_and_perturb.shrink"):
         ShrinkAndPerturb(shrink=[0.1, 0.2])
     with pytest.raises(ConfigError, match="replacement_rate"):

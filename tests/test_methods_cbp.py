@@ -72,6 +72,53 @@ def test_utility_and_mean_activation_by_hand(outgoing: str, magnitude: list[floa
     assert stats.age.tolist() == [2, 2]
 
 
+@pytest.mark.parametrize("outgoing, expected", [("sum", [1.0, 2.0]), ("mean", [2.0, 4.0])])
+def test_adaptable_contribution_by_hand(outgoing: str, expected: list[float]):
+    # W_in = [[1, 0], [0, 2]], b = 0, x = [[1, 2], [3, -4]] -> h = relu(x W_in^T)
+    # = [[1, 4], [3, 0]].
+    # After one step (lr = 0, eta = 0.99, age 1): f = 0.01 * mean_i h = [0.02, 0.02], and the
+    # bias-corrected f^ = f / (1 - 0.99) = [2, 2]; mean_i |h - f^| = [1, 2].
+    # W_out = [[1, -2]]: sum = mean over the one output = [1, 2]; W_in rows: sum [1, 2],
+    # mean [0.5, 1]. y = [1, 2] * [1, 2] / [1, 2] = [1, 2] (sum) or / [0.5, 1] = [2, 4] (mean);
+    # u = 0.01 y.
+    net = build_mlp(2, [2], 1)
+    with torch.no_grad():
+        net.hidden[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        net.hidden[0].bias.zero_()
+        net.output.weight.copy_(torch.tensor([[1.0, -2.0]]))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    cbp = ContinualBackprop(outgoing=outgoing, utility="adaptable_contribution",
+                            replacement_rate=0.0)  # fmt: skip
+    cbp.attach(net, optimizer)
+    _step(net, optimizer, torch.tensor([[1.0, 2.0], [3.0, -4.0]]), torch.zeros(2, 1))
+    stats = cbp.statistics["hidden1"]
+    assert torch.allclose(stats.mean_activation, torch.tensor([0.02, 0.02]))
+    assert torch.allclose(stats.utility, 0.01 * torch.tensor(expected))
+
+
+@pytest.mark.parametrize(
+    "rate, accumulate, low, high",
+    [
+        # 4 eligible units (maturity 0), 2,000 steps. rho n = 0.2: one unit with probability 0.2
+        # (400 expected, sd 18) or exactly every fifth step when accumulated.
+        (0.05, False, 330, 470),
+        (0.05, True, 400, 400),
+        # rho n = 1.2 >= 1: floor(1.2) = 1 every step, the fraction dropped (the reference's
+        # accumulate=False); accumulated: 1.2 per step on average.
+        (0.3, False, 2000, 2000),
+        (0.3, True, 2399, 2400),  # 1.2 is not exact in binary: the last one may be 0.999...
+    ],
+)
+def test_probabilistic_and_accumulated_replacement_counts(rate, accumulate, low, high):
+    torch.manual_seed(0)
+    net, optimizer, cbp = _attached([4], replacement_rate=rate, maturity_threshold=0,
+                                    accumulate=accumulate)  # fmt: skip
+    x, y = _batch()
+    for _ in range(2000):
+        _step(net, optimizer, x, y)
+    assert low <= cbp.stats()["hidden1/replacements"] <= high
+
+
 def test_utility_uses_the_outgoing_weights_after_the_step():
     # lr > 0: h is from the forward before the step, w_out is the next layer's weight after it
     net, optimizer, cbp = _attached([4, 4], lr=0.1, replacement_rate=0.0)
@@ -289,3 +336,16 @@ def test_state_dict_round_trip_gives_identical_replacements():
 def test_loading_state_before_attach_is_an_error():
     with pytest.raises(RuntimeError, match="attach ContinualBackprop before"):
         ContinualBackprop().load_state_dict({"counts": {}, "layers": {}})
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"utility": "weight"}, "continual_backprop.utility: got 'weight'; allowed: contribution, "
+                                "adaptable_contribution"),
+        ({"accumulate": "no"}, "continual_backprop.accumulate: got 'no'; allowed: true or false"),
+    ],
+)  # fmt: skip
+def test_option_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        ContinualBackprop(**kwargs)

@@ -12,63 +12,83 @@ from plasticity_rl.supervised.regression import (
     SlowlyChangingRegression,
     ltu_features,
     ltu_target,
+    ltu_thresholds,
 )
 
 
-def small(flip: str = "one", seed: int = 0, period: int = 50) -> SlowlyChangingRegression:
-    return SlowlyChangingRegression(flip_every_examples=period, flip=flip, seed=seed)
+def small(
+    flip: str = "all", seed: int = 0, period: int = 50, target: str = "reference"
+) -> SlowlyChangingRegression:
+    return SlowlyChangingRegression(flip_every_examples=period, flip=flip, seed=seed, target=target)
 
 
-def test_ltu_target_by_hand():
-    # m = 3 bits + bias bit (last column), beta = 0.7, so (m + 1) * beta = 2.8.
-    # unit 1: w = [+1, -1, -1, +1], S = 2 negative weights -> theta = 2.8 - 2 = 0.8
-    # unit 2: w = [-1, -1, +1, -1], S = 3                  -> theta = 2.8 - 3 = -0.2
-    # output weights v = [+1, -1]
-    w = torch.tensor([[1.0, -1.0, -1.0, 1.0], [-1.0, -1.0, 1.0, -1.0]])
-    v = torch.tensor([1.0, -1.0])
-    x = torch.tensor(
-        [
-            [0.0, 0.0, 1.0, 1.0],  # sums: u1 = -1 + 1 = 0 (not > 0.8), u2 = 1 - 1 = 0 (> -0.2)
-            [1.0, 0.0, 1.0, 1.0],  # u1 = 1 - 1 + 1 = 1 (> 0.8), u2 = -1 + 1 - 1 = -1 (no)
-            [1.0, 0.0, 0.0, 1.0],  # u1 = 1 + 1 = 2 (fires), u2 = -1 - 1 = -2 (no)
-            [0.0, 1.0, 1.0, 1.0],  # u1 = -1 - 1 + 1 = -1 (no), u2 = -1 + 1 - 1 = -1 (no)
-        ]
-    )
-    expected_features = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
-    assert torch.equal(ltu_features(x, w, beta=0.7), expected_features)
-    assert ltu_target(x, w, v, beta=0.7).squeeze(1).tolist() == [-1.0, 1.0, 1.0, 0.0]
+# m = 3 bits, beta = 0.7, so (m + 1) * beta = 2.8; output weights v = [+1, -1].
+W = torch.tensor([[1.0, -1.0, -1.0], [-1.0, -1.0, 1.0]])
+B = torch.tensor([1.0, -1.0])
+V = torch.tensor([1.0, -1.0])
+X = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 1.0]])
+# input sums w x + b: unit 1: 0, 1, 2, -1; unit 2: 0, -1, -2, -1
+
+
+@pytest.mark.parametrize(
+    ("target", "thresholds", "features"),
+    [
+        # paper: S = negative weights among w and b: unit 1 S = 2, tau = 0.8; unit 2 S = 3,
+        # tau = -0.2
+        ("paper", [0.8, -0.2], [[0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]),
+        # reference: S = (m - sum w + b) / 2: unit 1 (3 + 1 + 1) / 2 = 2.5, tau = 0.3;
+        # unit 2 (3 + 1 - 1) / 2 = 1.5, tau = 1.3
+        ("reference", [0.3, 1.3], [[0.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 0.0]]),
+    ],
+)
+def test_ltu_target_by_hand(target, thresholds, features):
+    tau = ltu_thresholds(W, B, beta=0.7, target=target)
+    assert torch.allclose(tau, torch.tensor(thresholds))
+    assert torch.equal(ltu_features(X, W, B, tau), torch.tensor(features))
+    expected = torch.tensor(features) @ V - 1.0
+    assert torch.equal(ltu_target(X, W, B, tau, V, -1.0).squeeze(1), expected)
 
 
 def test_ltu_threshold_is_strict():
-    # beta = 0.5: unit w = [+1, -1, -1, +1] has theta = 4 * 0.5 - 2 = 0; x = [0, 0, 1, 1] gives
-    # the sum -1 + 1 = 0, which equals theta, so the unit does not fire; x = [1, 0, 1, 1] gives 1.
-    w = torch.tensor([[1.0, -1.0, -1.0, 1.0]])
-    x = torch.tensor([[0.0, 0.0, 1.0, 1.0], [1.0, 0.0, 1.0, 1.0]])
-    assert ltu_features(x, w, beta=0.5).squeeze(1).tolist() == [0.0, 1.0]
+    # beta = 0.5, paper: unit w = [+1, -1, -1], b = +1 has S = 2, tau = 4 * 0.5 - 2 = 0;
+    # x = [0, 0, 1] gives the sum -1 + 1 = 0, which equals tau, so the unit does not fire.
+    w, b = torch.tensor([[1.0, -1.0, -1.0]]), torch.tensor([1.0])
+    tau = ltu_thresholds(w, b, 0.5, "paper")
+    x = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 1.0]])
+    assert ltu_features(x, w, b, tau).squeeze(1).tolist() == [0.0, 1.0]
 
 
-def test_ltu_fires_iff_more_than_beta_of_the_bits_match_its_sign_pattern():
-    # Sutton & Whitehead's reading of theta_i = (m + 1) beta - S_i: bit j matches unit i when
-    # x_j = 1 for w_ij = +1 and x_j = 0 for w_ij = -1.
-    problem = SlowlyChangingRegression(seed=3)
+@pytest.mark.parametrize("target", ["paper", "reference"])
+def test_ltu_fires_iff_enough_bits_match_its_sign_pattern(target):
+    # Sutton & Whitehead's reading of tau_i = (m + 1) beta - S_i: bit j matches unit i when
+    # x_j = 1 for w_ij = +1 and x_j = 0 for w_ij = -1; the constant bit matches when b_i = +1.
+    # Paper: more than beta (m + 1) = 14.7 of 21 bits match. Reference: the same for b_i = +1,
+    # at least 17 for b_i = -1 (module docstring).
+    problem = SlowlyChangingRegression(seed=3, target=target)
     x, _ = problem.sample(500)
-    w = problem.input_weights
-    matches = ((x.unsqueeze(1) == 1) == (w.unsqueeze(0) > 0)).sum(dim=2)  # (N, n)
-    expected = (matches > problem.input_dim * problem.beta).to(torch.float32)
-    assert torch.equal(ltu_features(x, w, problem.beta), expected)
+    w, b = problem.input_weights, problem.input_bias
+    matches = ((x.unsqueeze(1) == 1) == (w.unsqueeze(0) > 0)).sum(dim=2) + (b > 0)  # (N, n)
+    needed = torch.full_like(b, 15) if target == "paper" else torch.where(b > 0, 15, 17)
+    expected = (matches >= needed).to(torch.float32)
+    assert torch.equal(ltu_features(x, w, b, problem.thresholds), expected)
     assert 0 < expected.mean() < 1  # units both fire and stay silent on this sample
 
 
-def test_shapes_bias_bit_and_target_network():
-    problem = small()
+@pytest.mark.parametrize("target", ["paper", "reference"])
+def test_shapes_and_target_network(target):
+    problem = small(target=target)
     x, y = problem.sample(120)
-    assert x.shape == (120, 21) and y.shape == (120, 1)
+    assert x.shape == (120, 20) and y.shape == (120, 1)
     assert x.dtype == torch.float32 and y.dtype == torch.float32
-    assert torch.all(x[:, -1] == 1)
     assert set(x.unique().tolist()) == {0.0, 1.0}
-    assert set(problem.input_weights.unique().tolist()) == {-1.0, 1.0}
-    assert problem.input_weights.shape == (100, 21) and problem.output_weights.shape == (100,)
-    expected = ltu_target(x, problem.input_weights, problem.output_weights, 0.7)
+    for signs in (problem.input_weights, problem.input_bias, problem.output_weights):
+        assert set(signs.unique().tolist()) == {-1.0, 1.0}
+    assert problem.input_weights.shape == (100, 20) and problem.input_bias.shape == (100,)
+    assert problem.output_weights.shape == (100,)
+    assert problem.output_bias.item() in ((-1.0, 1.0) if target == "reference" else (0.0,))
+    tau = ltu_thresholds(problem.input_weights, problem.input_bias, 0.7, target)
+    expected = ltu_target(x, problem.input_weights, problem.input_bias, tau,
+                          problem.output_weights, problem.output_bias)  # fmt: skip
     assert torch.equal(y, expected)
     assert problem.examples_drawn == 120
 
@@ -132,14 +152,15 @@ def test_state_dict_resumes_exactly(drawn):
 
 def test_state_of_other_sizes_is_refused():
     state = SlowlyChangingRegression(num_hidden=10).state_dict()
-    with pytest.raises(ConfigError, match="input_weights shape: got \\(10, 21\\)"):
+    with pytest.raises(ConfigError, match="input_weights shape: got \\(10, 20\\)"):
         SlowlyChangingRegression().load_state_dict(state)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"flip": "some"}, "flip: got 'some'; allowed: one, all"),
+        ({"flip": "some"}, "flip: got 'some'; allowed: all, one"),
+        ({"target": "text"}, "target: got 'text'; allowed: reference, paper"),
         ({"num_slow_bits": 21}, "num_slow_bits: got 21"),
         ({"beta": 1.5}, "beta: got 1.5"),
         ({"flip_every_examples": 0}, "flip_every_examples: got 0"),

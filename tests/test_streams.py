@@ -340,7 +340,7 @@ def test_unknown_stream_and_bad_keywords():
 
 def test_regression_stream_passes_generator_arguments_with_the_same_defaults():
     stream = make_stream("slowly_changing_regression", seed=5, flip_every_examples=7)
-    assert isinstance(stream, RegressionStream) and stream.input_shape == (21,)
+    assert isinstance(stream, RegressionStream) and stream.input_shape == (20,)
     assert stream.total_examples == 1_000_000 and stream.bin_size == 20_000
     expected = SlowlyChangingRegression(seed=5, flip_every_examples=7).sample(20)
     got = stream.generator.sample(20)
@@ -365,7 +365,7 @@ def test_preset_loads_and_builds(name):
     if raw["dataset"] is None:
         assert isinstance(stream, RegressionStream)
         x, y = stream.generator.sample(3)
-        assert x.shape == (3, 21) and y.shape == (3, 1)
+        assert x.shape == (3, 20) and y.shape == (3, 1)
     else:
         assert isinstance(stream, TaskStream) and len(stream.tasks) >= 3
         task = stream.tasks[len(stream.tasks) - 1]

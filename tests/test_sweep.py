@@ -132,7 +132,12 @@ REGRESSION = {
 TOPK = {
     "name": "topk",
     "agent": "regression-bp",
-    "config": {"network": {"activation": {"name": "topk", "k": 2, "gaba_switch_T": 10.0}}},
+    "config": {
+        "network": {
+            "activation": {"name": "topk", "k": 2, "gaba_switch_T": 10.0},
+            "init": "kaiming_uniform",
+        }
+    },
 }
 
 

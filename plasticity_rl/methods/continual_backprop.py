@@ -3,20 +3,38 @@
 Dohare et al. 2024, "Loss of plasticity in deep continual learning", Nature, Algorithm 1.
 
 After every optimiser step, for each hidden layer with activations h (batch x units) from the
-last training forward and outgoing weights w_out (next layer's weight, after the step):
+last training forward, incoming weights w_in (this layer's weight) and outgoing weights w_out
+(next layer's weight), both after the step:
 
     a_j <- a_j + 1                                               (age, in optimiser steps)
-    u_j <- eta u_j + (1 - eta) mean_i |h_ij| agg_k |w_out[k, j]|  (contribution utility)
     f_j <- eta f_j + (1 - eta) mean_i h_ij                       (running mean activation)
-    u^_j = u_j / (1 - eta^a_j),   f^_j = f_j / (1 - eta^a_j)     (bias-corrected)
+    f^_j = f_j / (1 - eta^a_j)                                   (bias-corrected)
+    u_j <- eta u_j + (1 - eta) y_j,   u^_j = u_j / (1 - eta^a_j)  (utility, bias-corrected)
 
-``agg`` is the sum over outgoing weights (the paper) or their mean (the reference code).
-Units with a_j > m are eligible; an accumulator gains rho * n_eligible per step, and
-floor(accumulator) eligible units with the lowest u^ are replaced (and subtracted from it):
-the removed unit's mean contribution w_out[:, j] f^_j is added to the next layer's bias (skipped
-if that layer has no bias, so the contribution is then lost), the unit gets fresh incoming
-weights and zero outgoing weights (:func:`~plasticity_rl.methods.base.reset_units`), and
-u_j = f_j = a_j = 0.
+with the instantaneous utility ``y_j`` chosen by ``utility``:
+
+- ``"contribution"`` (Dohare et al. 2024, Algorithm 1): ``y_j = mean_i |h_ij| agg_k |w_out[k, j]|``;
+- ``"adaptable_contribution"`` (Dohare et al. 2021, arXiv:2108.06325, the utility the authors'
+  code runs for the slowly-changing regression and Online Permuted MNIST):
+  ``y_j = mean_i |h_ij - f^_j| agg_k |w_out[k, j]| / agg_l |w_in[j, l]|`` (``f^`` of this step).
+
+``agg`` is the sum over the weights (the paper) or their mean (the reference code, ``outgoing``).
+Units with a_j > m are eligible. How many are replaced (rho = replacement rate):
+
+- ``accumulate=True``: an accumulator gains rho * n_eligible per step, and floor(accumulator)
+  units are replaced (and subtracted from it);
+- ``accumulate=False`` (the reference code's ``GnT`` default, used by its regression and RL
+  runs): x = rho * n_eligible; if x < 1, one unit with probability x (a uniform draw from the
+  run's generator every step), else floor(x).
+
+The eligible units with the lowest u^ are replaced: the removed unit's mean contribution
+w_out[:, j] f^_j is added to the next layer's bias (skipped if that layer has no bias, so the
+contribution is then lost), the unit gets fresh incoming weights and zero outgoing weights
+(:func:`~plasticity_rl.methods.base.reset_units`), and u_j = f_j = a_j = 0.
+
+The reference code (``lop/algos/gnt.py``) zeroes f_j before it computes that bias transfer, so
+there it adds nothing; this is a plain bug (the transfer is the step the 2021 paper describes)
+and is kept out here.
 """
 
 from __future__ import annotations
@@ -37,13 +55,16 @@ from plasticity_rl.methods.base import (
     check_number,
     reset_units,
 )
-from plasticity_rl.nn.layers import layer_parameter, run_shape, with_run_dim
+from plasticity_rl.nn.layers import layer_parameter, run_generators, run_shape, with_run_dim
 from plasticity_rl.nn.mlp import HiddenLayer
 from plasticity_rl.optim.state import check_optimizer_state_mode
 from plasticity_rl.registry import require
 
 OUTGOING_AGGREGATES = ("sum", "mean")
-"""How a unit's outgoing weight magnitudes enter its utility."""
+"""How a unit's weight magnitudes enter its utility."""
+
+UTILITIES = ("contribution", "adaptable_contribution")
+"""The instantaneous utilities (module docstring)."""
 
 
 @dataclass
@@ -74,6 +95,8 @@ class _LayerViews:
     pending: Tensor
     w_out: Tensor | None
     """The outgoing weight ``(S, next units, units)``; None if parametrized (recomputed)."""
+    w_in: Tensor | None
+    """The incoming weight ``(S, units, inputs)``; None if parametrized (recomputed)."""
 
 
 def batch_mean(values: Tensor) -> Tensor:
@@ -97,7 +120,11 @@ class ContinualBackprop(HiddenLayerMethod):
         replacement_rate: rho, fraction of eligible units replaced per optimiser step.
         maturity_threshold: m, units older than m optimiser steps are eligible.
         decay_rate: eta, decay of the running utility and mean activation.
-        outgoing: ``"sum"`` (paper) or ``"mean"`` (reference code) over outgoing weights.
+        outgoing: ``"sum"`` (paper) or ``"mean"`` (reference code) over a unit's outgoing
+            (and, for ``adaptable_contribution``, incoming) weight magnitudes.
+        utility: ``"contribution"`` (Nature paper) or ``"adaptable_contribution"``.
+        accumulate: replace floor(accumulated rho * n_eligible) units (True) or one unit with
+            probability rho * n_eligible when that is below 1 (False, the reference's default).
         optimizer_state: what happens to the replaced weights' optimiser state (see
             :data:`plasticity_rl.optim.state.OPTIMIZER_STATE_RESETS`).
     """
@@ -111,6 +138,8 @@ class ContinualBackprop(HiddenLayerMethod):
         decay_rate: float = 0.99,
         outgoing: str = "sum",
         optimizer_state: str = "zero_moments",
+        utility: str = "contribution",
+        accumulate: bool = True,
     ):
         super().__init__()
         self.replacement_rate = per_run(
@@ -131,8 +160,13 @@ class ContinualBackprop(HiddenLayerMethod):
             outgoing,
             OUTGOING_AGGREGATES,
         )
+        require(utility in UTILITIES, "continual_backprop.utility", utility, UTILITIES)
+        require(isinstance(accumulate, bool), "continual_backprop.accumulate", accumulate,
+                "true or false")  # fmt: skip
         check_optimizer_state_mode(optimizer_state, "continual_backprop.optimizer_state")
         self.outgoing = outgoing
+        self.utility = utility
+        self.accumulate = accumulate
         self.optimizer_state = optimizer_state
         self.statistics: dict[str, UnitStatistics] = {}
         self._views: dict[str, _LayerViews] = {}
@@ -153,7 +187,7 @@ class ContinualBackprop(HiddenLayerMethod):
             self.statistics[layer.name] = stats
             # (S, ...) views, made once (S = 1 for a plain layer): the statistics and a plain
             # outgoing weight are only ever changed in place.
-            outgoing = layer.outgoing
+            outgoing, incoming = layer.outgoing, layer.incoming
             self._views[layer.name] = _LayerViews(
                 utility=with_run_dim(stats.utility, layer.incoming),
                 mean_activation=with_run_dim(stats.mean_activation, layer.incoming),
@@ -161,6 +195,8 @@ class ContinualBackprop(HiddenLayerMethod):
                 pending=with_run_dim(stats.pending_replacements, layer.incoming),
                 w_out=None if parametrize.is_parametrized(outgoing, "weight")
                 else with_run_dim(outgoing.weight.detach(), outgoing),
+                w_in=None if parametrize.is_parametrized(incoming, "weight")
+                else with_run_dim(incoming.weight.detach(), incoming),
             )  # fmt: skip
         num_runs = max(math.prod(run_shape(layer.incoming)) for layer in self.layers)
         self._rate = per_run_tensor(self.replacement_rate, num_runs, torch.float64,
@@ -182,25 +218,30 @@ class ContinualBackprop(HiddenLayerMethod):
         w_out = views.w_out
         if w_out is None:  # a parametrized weight is recomputed from its parameter
             w_out = with_run_dim(layer.outgoing.weight.detach(), layer.outgoing)
-        w_out_magnitude = w_out.abs().sum(1) if self.outgoing == "sum" else w_out.abs().mean(1)
+        contribution = self._magnitude(w_out, 1)
         age += 1
+        bias_correction = 1 - eta ** age.to(utility.dtype)
         h_mean = batch_mean(h)  # mean_i h_ij, (S, units)
-        contribution = batch_mean(h.abs()).mul_(w_out_magnitude)
-        # eta u + (1 - eta) x for u and f together
-        torch._foreach_lerp_([utility, mean_activation], [contribution, h_mean], 1 - eta)
+        if self.utility == "contribution":
+            contribution.mul_(batch_mean(h.abs()))
+            # eta u + (1 - eta) x for u and f together
+            torch._foreach_lerp_([utility, mean_activation], [contribution, h_mean], 1 - eta)
+        else:
+            mean_activation.lerp_(h_mean, 1 - eta)
+            w_in = views.w_in
+            if w_in is None:
+                w_in = with_run_dim(layer.incoming.weight.detach(), layer.incoming)
+            deviation = (h - (mean_activation / bias_correction).unsqueeze(1)).abs()
+            contribution.mul_(batch_mean(deviation)).div_(self._magnitude(w_in, 2))
+            utility.lerp_(contribution, 1 - eta)
 
         eligible = age > self._maturity
         n_eligible = eligible.sum(1, dtype=torch.float64)
-        pending += n_eligible * self._rate  # rho * n rounded, then added (float64)
-        if pending.max().item() < 1:  # no run owes a whole replacement: nothing to replace
+        n_replace = self._replacements(layer, n_eligible, pending)
+        if n_replace is None:
             return
-        n_replace = torch.minimum(pending.floor(), n_eligible)  # whole numbers
-        if not n_replace.any():
-            return
-        pending -= n_replace
         # Each run's n_replace eligible units of lowest bias-corrected utility (ties: lowest
         # index first), as a mask: rank units by utility, ineligible ones last.
-        bias_correction = 1 - eta ** age.to(utility.dtype)
         corrected_utility = torch.where(eligible, utility / bias_correction, math.inf)
         order = corrected_utility.sort(dim=1, stable=True).indices
         positions = torch.arange(layer.width).expand_as(order)
@@ -217,6 +258,29 @@ class ContinualBackprop(HiddenLayerMethod):
         mean_activation.masked_fill_(units, 0.0)
         age.masked_fill_(units, 0)
         self._counts[layer.name] += n_replace.view(stats.pending_replacements.shape)
+
+    def _magnitude(self, weight: Tensor, dim: int) -> Tensor:
+        """``agg |weight|`` over ``dim`` (sum or mean, :data:`OUTGOING_AGGREGATES`)."""
+        return weight.abs().sum(dim) if self.outgoing == "sum" else weight.abs().mean(dim)
+
+    def _replacements(
+        self, layer: HiddenLayer, n_eligible: Tensor, pending: Tensor
+    ) -> Tensor | None:
+        """Units each run replaces this step, ``(S,)`` float64 whole numbers (module
+        docstring); None when no run replaces any. Updates the accumulator ``pending``."""
+        owed = n_eligible * self._rate  # rho * n (float64)
+        if self.accumulate:
+            pending += owed
+            if pending.max().item() < 1:  # no run owes a whole replacement: nothing to replace
+                return None
+            n_replace = torch.minimum(pending.floor(), n_eligible)
+            pending -= n_replace
+        else:
+            draws = torch.stack([torch.rand((), dtype=torch.float64, generator=generator)
+                                 for generator in run_generators(layer.incoming)])  # fmt: skip
+            one = ((draws <= owed) & (owed > 0)).to(torch.float64)
+            n_replace = torch.where(owed < 1, one, owed.floor())
+        return n_replace if n_replace.any() else None
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -8,6 +8,7 @@ order, for an :class:`MLP` and for any network that lists its modules in forward
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,35 @@ from plasticity_rl.registry import require
 
 WEIGHT_NORM_OPTIONS = ("none", "first", "all")
 
+KAIMING_BY_ACTIVATION = "kaiming_uniform_by_activation"
+"""The init name that :func:`build_mlp` resolves per layer (see :func:`activation_gain`)."""
+
+_ACTIVATION_GAINS = {
+    nn.ReLU: math.sqrt(2.0),
+    nn.LeakyReLU: math.sqrt(2.0),
+    nn.ELU: math.sqrt(2.0),
+    nn.SiLU: math.sqrt(2.0),
+    nn.Tanh: 5.0 / 3.0,
+    nn.Sigmoid: 1.0,
+    nn.Identity: 1.0,
+}
+
+
+def activation_gain(activation: nn.Module) -> float:
+    """The Kaiming gain Dohare et al. 2024's code uses for the layer feeding ``activation``.
+
+    ``torch.nn.init.calculate_gain`` of the activation (relu and leaky_relu sqrt(2), as
+    ``kaiming_uniform_`` computes it with its default ``a = 0``; tanh 5/3; sigmoid and identity
+    1), with ELU and swish given the ReLU gain (``lop/nets/ffnn.py``).
+
+    Raises:
+        ConfigError: an activation without a gain here.
+    """
+    gain = _ACTIVATION_GAINS.get(type(activation))
+    allowed = "relu, leaky_relu, elu, swish, tanh, sigmoid, identity (or another network.init)"
+    require(gain is not None, f"{KAIMING_BY_ACTIVATION} activation", activation, allowed)
+    return gain  # type: ignore[return-value]
+
 
 @dataclass
 class MLPConfig:
@@ -30,7 +60,8 @@ class MLPConfig:
     activation: Any = "relu"
     """Activation name or ``{name: ..., **kwargs}`` from the activation registry."""
     init: str = "default"
-    """Weight init scheme of every layer (see ``plasticity_rl.nn.layers.INIT_SCHEMES``)."""
+    """Weight init scheme of every layer (see ``plasticity_rl.nn.layers.INIT_SCHEMES``), or
+    ``kaiming_uniform_by_activation`` (see :func:`build_mlp`)."""
     output_init_scale: float = 1.0
     """Multiplier on the output layer's init weights."""
     bias: bool = True
@@ -94,6 +125,12 @@ def build_mlp(
     Every hidden layer gets its own activation instance (sparse activations keep per-layer
     state). See :class:`MLPConfig` for the meaning of each option.
 
+    ``init="kaiming_uniform_by_activation"`` (Dohare et al. 2024's learners, ``lop/nets/ffnn.py``):
+    every weight ``~ U(+-g sqrt(3 / fan_in))`` with ``g`` the gain of the activation the layer
+    feeds (:func:`activation_gain`) and ``g = 1`` for the output layer (``nonlinearity='linear'``);
+    biases 0. It is the ``lecun_uniform`` scheme scaled by ``g``, so units reset later (CBP,
+    ReDo) are drawn with the same gain.
+
     Example:
         >>> net = build_mlp(4, [8, 8], 2, {"name": "leaky_relu", "negative_slope": 0.1})
         >>> [h.name for h in hidden_layers(net)]
@@ -111,17 +148,24 @@ def build_mlp(
         "false when weight_norm is none",
     )
     sizes = [in_dim, *map(int, hidden_sizes), out_dim]
+    activations = [make_activation(activation) for _ in hidden_sizes]
+    for act, width in zip(activations, hidden_sizes, strict=True):
+        # k-winners (Top-K): k and its annealing start must fit in the layer, known only here
+        largest = max(getattr(act, "k", None) or 0, getattr(act, "k_max", None) or 0)
+        require(largest <= width, "topk.k", largest, f"an integer <= the layer width ({width})")
+    by_activation = init == KAIMING_BY_ACTIVATION
     linears = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         is_output = i == len(sizes) - 2
         normed = weight_norm == "all" or (weight_norm == "first" and i == 0)
+        gain = 1.0 if is_output or not by_activation else activation_gain(activations[i])
         linears.append(
             make_linear(
                 fan_in,
                 fan_out,
                 bias=output_bias if is_output else bias,
-                init=init,
-                init_scale=output_init_scale if is_output else 1.0,
+                init="lecun_uniform" if by_activation else init,
+                init_scale=gain * (output_init_scale if is_output else 1.0),
                 weight_norm=normed,
                 weight_norm_centred=weight_norm_centred and normed,
                 powerprop_alpha=powerprop_alpha,
@@ -129,11 +173,6 @@ def build_mlp(
                 nonneg=sdm and is_output,
             )
         )
-    activations = [make_activation(activation) for _ in hidden_sizes]
-    for act, width in zip(activations, hidden_sizes, strict=True):
-        # k-winners (Top-K): k and its annealing start must fit in the layer, known only here
-        largest = max(getattr(act, "k", None) or 0, getattr(act, "k_max", None) or 0)
-        require(largest <= width, "topk.k", largest, f"an integer <= the layer width ({width})")
     return MLP(linears, activations)
 
 

@@ -713,7 +713,8 @@ def slowly_changing_regression_stream(
     flip_every_examples: int = 10_000,
     num_hidden: int = 100,
     beta: float = 0.7,
-    flip: str = "one",
+    flip: str = "all",
+    target: str = "reference",
     seed: int = 0,
 ) -> RegressionStream:
     """Slowly-changing regression (Dohare et al. 2024): a :class:`RegressionStream` around a
@@ -723,8 +724,8 @@ def slowly_changing_regression_stream(
         dataset: must be None (the data are generated).
         total_examples: examples in the run (one pass, one example per step).
         bin_size: examples per reported squared-error bin.
-        num_bits, num_slow_bits, flip_every_examples, num_hidden, beta, flip, seed: the
-            generator's arguments.
+        num_bits, num_slow_bits, flip_every_examples, num_hidden, beta, flip, target, seed:
+            the generator's arguments.
     """
     require(
         dataset is None,
@@ -743,6 +744,7 @@ def slowly_changing_regression_stream(
         "num_hidden": num_hidden,
         "beta": beta,
         "flip": flip,
+        "target": target,
         "seed": seed,
     }
     return RegressionStream(
