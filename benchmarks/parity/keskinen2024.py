@@ -85,7 +85,7 @@ def report(reference: dict, project: dict) -> str:
         "- Project: this project's presets, seeds 0..n-1 of a setting trained as one batched "
         "network, on this 2-core machine shared with other jobs (wall times are not speeds):",
         *[
-            f"  {project['commands'][name]} ({name}: {minutes:.0f} min)"
+            f"  - {project['commands'][name]} ({name}: {minutes:.0f} min)"
             for name, minutes in ((n, project["wall_seconds"][n] / 60) for n in project["settings"])
         ],
         "",
