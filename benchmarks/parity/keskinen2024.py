@@ -1,9 +1,9 @@
 """Statistical parity with the code of Keskinen 2024 (Hard ASH), Table 3, on real MNIST.
 
-Trains this project's Keskinen presets (``hard-ash-adagrad``, ``topk-adagrad`` with k 64 and
-96, ``relu-adam``) on Split MNIST, class-incremental, one epoch per task, inputs standardised,
-as the experiment preset ``keskinen2024-split-mnist`` does; the seeds of a setting train as one
-batched network.
+Trains this project's Keskinen presets (``hard-ash-adagrad``, ``topk-adagrad``, ``relu-adam``,
+and the code's other Top-K and Adam values, :data:`SETTINGS`) on Split MNIST, class-incremental,
+one epoch per task, inputs standardised, as the experiment preset ``keskinen2024-split-mnist``
+does; the seeds of a setting train as one batched network.
 The metric is the reference's: after the last task, the accuracy on the whole MNIST test set
 (all 10 classes, sample-weighted), i.e. sum_t acc_t n_t / sum_t n_t over the per-task test
 accuracies acc_t and test-set sizes n_t. It is set beside the reference code's per-seed numbers,
@@ -33,11 +33,13 @@ from plasticity_rl.supervised.trainer import train_runs
 RESULTS = Path(__file__).parents[1] / "results" / "parity"
 SETTINGS = {
     "hard_ash+adagrad": ("hard-ash-adagrad", []),
-    "topk_subtract+adagrad": ("topk-adagrad", []),
-    "topk_subtract_k96+adagrad": ("topk-adagrad", ["network.activation.k=96"]),
-    "relu+adam": ("relu-adam", []),
+    "topk_k96_lr3e-4+adagrad": ("topk-adagrad", []),
+    "topk_k64_lr2e-4+adagrad": ("topk-adagrad", ["network.activation.k=64", "optimizer.lr=2e-4"]),
+    "topk_k96_lr2e-4+adagrad": ("topk-adagrad", ["optimizer.lr=2e-4"]),
+    "relu+adam_b0.99_lr8e-6": ("relu-adam", []),
+    "relu+adam_b0.98_lr1e-5": ("relu-adam", ["optimizer.betas=[0.98,0.9995]", "optimizer.lr=1e-5"]),
 }
-"""Reference setting name -> this project's agent preset and overrides."""
+"""Setting name (as in the reference JSON) -> this project's agent preset and overrides."""
 
 
 def config(name: str, data_dir: str) -> SupervisedRunConfig:
@@ -84,7 +86,7 @@ def report(reference: dict, project: dict) -> str:
         "- Project: this project's presets, seeds 0..n-1 of a setting trained as one batched "
         "network, on this 2-core machine shared with other jobs (wall times are not speeds):",
         *[
-            f"  `{project['commands'][name]}` ({name}: {minutes:.0f} min)"
+            f"  - {project['commands'][name]} ({name}: {minutes:.0f} min)"
             for name, minutes in ((n, project["wall_seconds"][n] / 60) for n in project["settings"])
         ],
         "",
@@ -146,9 +148,8 @@ def main() -> None:
             for seed, r in zip(seeds, results, strict=True)
         }
         project["wall_seconds"][name] = seconds
-        project["commands"][name] = "python benchmarks/parity/keskinen2024.py " + " ".join(
-            sys.argv[1:]
-        )
+        argv = " ".join(sys.argv[1:])
+        project["commands"][name] = f"`python benchmarks/parity/keskinen2024.py {argv}`"
         out.write_text(json.dumps(project, indent=1) + "\n")
         text = report(reference, project)
         (RESULTS / "keskinen2024.md").write_text(text)
