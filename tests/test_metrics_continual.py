@@ -16,6 +16,7 @@ from plasticity_rl.metrics import (
     binned_mean,
     forgetting,
     online_accuracy,
+    sample_weighted_accuracy,
     stability_gap,
 )
 from plasticity_rl.registry import ConfigError
@@ -149,3 +150,10 @@ def test_binned_mean():
     assert torch.equal(binned_mean([1, 3, 5, 7], 2), torch.tensor([2.0, 6.0], dtype=torch.float64))
     with pytest.raises(ConfigError, match="bin_size: got 0"):
         binned_mean([1.0], 0)
+
+
+def test_sample_weighted_accuracy_weighs_tasks_by_test_size() -> None:
+    # 100% on a task of 1 test example, 0% on one of 3: 25%, where the task mean is 50%
+    assert sample_weighted_accuracy([100.0, 0.0], [1, 3]) == pytest.approx(25.0)
+    with pytest.raises(ConfigError):
+        sample_weighted_accuracy([100.0], [1, 3])

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from plasticity_rl.metrics.summary import bootstrap_ci, mean_ci95
+from plasticity_rl.metrics.summary import bootstrap_ci, difference_ci95, mean_ci95
 
 
 def test_mean_ci95_hand_worked():
@@ -43,3 +43,14 @@ def test_bootstrap_ci_hand_worked():
         bootstrap_ci([])
     with pytest.raises(ValueError):
         bootstrap_ci([1.0, 2.0], confidence=1.5)
+
+
+def test_difference_ci95_brackets_the_difference_of_means() -> None:
+    a, b = [3.0, 4.0, 5.0, 4.0], [1.0, 2.0, 1.5]
+    diff, low, high = difference_ci95(a, b)
+    assert diff == pytest.approx(4.0 - 1.5)
+    assert low < diff < high
+    # identical constant sides: the interval collapses onto 0
+    assert difference_ci95([2.0, 2.0], [2.0, 2.0, 2.0]) == (0.0, 0.0, 0.0)
+    # every resample of a keeps its values in [3, 5] and of b in [1, 2]: the bounds follow
+    assert 1.0 <= low and high <= 4.0

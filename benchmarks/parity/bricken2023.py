@@ -24,10 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from plasticity_rl.config import load_preset, resolve
-from plasticity_rl.metrics.summary import mean_ci95
+from plasticity_rl.metrics.continual import sample_weighted_accuracy
+from plasticity_rl.metrics.summary import difference_ci95, mean_ci95
 from plasticity_rl.supervised.config import SupervisedRunConfig
 from plasticity_rl.supervised.learner import build_stream
 from plasticity_rl.supervised.trainer import train
@@ -55,27 +54,11 @@ def config(name: str, data_dir: str, epochs: int, seed: int) -> SupervisedRunCon
     )
 
 
-def all_class_accuracy(final_row: list[float], test_sizes: list[int]) -> float:
-    """Accuracy (%) on the union of the tasks' test sets from the per-task accuracies."""
-    return float(np.dot(final_row, test_sizes) / sum(test_sizes))
-
-
-def difference_ci95(a: list[float], b: list[float], seed: int = 0) -> tuple[float, float, float]:
-    """mean(a) - mean(b) and its 95% percentile-bootstrap interval (seeds resampled per side)."""
-    rng = np.random.default_rng(seed)
-    xa, xb = np.asarray(a), np.asarray(b)
-    draws = xa[rng.integers(len(xa), size=(10_000, len(xa)))].mean(1) - xb[
-        rng.integers(len(xb), size=(10_000, len(xb)))
-    ].mean(1)
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return float(xa.mean() - xb.mean()), float(low), float(high)
-
-
 def val_accuracy(row: list[float], test_sizes: list[int], t: int) -> float:
     """The reference's ``val/accuracy`` (%) after task t (0-based) from per-task accuracies:
     the accuracy on the seen tasks' test sets times (t + 1) / number of tasks."""
-    seen = np.asarray(test_sizes[: t + 1])
-    return float(np.dot(row[: t + 1], seen) / seen.sum() * (t + 1) / len(test_sizes))
+    seen = sample_weighted_accuracy(row[: t + 1], test_sizes[: t + 1])
+    return seen * (t + 1) / len(test_sizes)
 
 
 def _cell(values: list[float]) -> str:
@@ -192,7 +175,7 @@ def main() -> None:
                     time.perf_counter() - start
                 )
                 project["settings"].setdefault(name, {})[str(seed)] = {
-                    "all_class_accuracy": all_class_accuracy(
+                    "all_class_accuracy": sample_weighted_accuracy(
                         result["accuracy_matrix"][-1], test_sizes
                     ),
                     "average_accuracy": result["average_accuracy"],

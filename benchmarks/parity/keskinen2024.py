@@ -22,10 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from plasticity_rl.config import load_preset, resolve
-from plasticity_rl.metrics.summary import mean_ci95
+from plasticity_rl.metrics.continual import sample_weighted_accuracy
+from plasticity_rl.metrics.summary import difference_ci95, mean_ci95
 from plasticity_rl.supervised.config import SupervisedRunConfig
 from plasticity_rl.supervised.learner import build_stream
 from plasticity_rl.supervised.trainer import train_runs
@@ -52,22 +51,6 @@ def config(name: str, data_dir: str) -> SupervisedRunConfig:
         {"data_dir": data_dir},
         overrides=["stream.kwargs.normalize=true", *overrides],
     )
-
-
-def all_class_accuracy(final_row: list[float], test_sizes: list[int]) -> float:
-    """Accuracy (%) on the union of the tasks' test sets from the per-task accuracies."""
-    return float(np.dot(final_row, test_sizes) / sum(test_sizes))
-
-
-def difference_ci95(a: list[float], b: list[float], seed: int = 0) -> tuple[float, float, float]:
-    """mean(a) - mean(b) and its 95% percentile-bootstrap interval (seeds resampled per side)."""
-    rng = np.random.default_rng(seed)
-    xa, xb = np.asarray(a), np.asarray(b)
-    draws = xa[rng.integers(len(xa), size=(10_000, len(xa)))].mean(1) - xb[
-        rng.integers(len(xb), size=(10_000, len(xb)))
-    ].mean(1)
-    low, high = np.percentile(draws, [2.5, 97.5])
-    return float(xa.mean() - xb.mean()), float(low), float(high)
 
 
 def report(reference: dict, project: dict) -> str:
@@ -141,7 +124,9 @@ def main() -> None:
         seconds = time.perf_counter() - start
         project["settings"][name] = {
             str(seed): {
-                "all_class_accuracy": all_class_accuracy(r["accuracy_matrix"][-1], test_sizes),
+                "all_class_accuracy": sample_weighted_accuracy(
+                    r["accuracy_matrix"][-1], test_sizes
+                ),
                 "average_accuracy": r["average_accuracy"],
                 "accuracy_matrix": r["accuracy_matrix"],
             }

@@ -8,6 +8,7 @@ from plasticity_rl.metrics.continual import (
     binned_mean,
     forgetting,
     online_accuracy,
+    sample_weighted_accuracy,
     stability_gap,
 )
 from plasticity_rl.metrics.network import (
@@ -46,6 +47,7 @@ __all__ = [
     "forgetting",
     "layer_health",
     "online_accuracy",
+    "sample_weighted_accuracy",
     "srank",
     "stability_gap",
     "stable_rank",

@@ -35,6 +35,18 @@ def average_accuracy(R: Any) -> float:
     return accuracy_matrix(R)[-1].mean().item()
 
 
+def sample_weighted_accuracy(row: Sequence[float], test_sizes: Sequence[int]) -> float:
+    """Accuracy (%) on the union of the tasks' test sets: sum_j a_j n_j / sum_j n_j.
+
+    ``row`` holds the per-task accuracies a_j (one row of the accuracy matrix), ``test_sizes``
+    the tasks' test-set sizes n_j. This is what Keskinen 2024's and Bricken et al. 2023's code
+    report (accuracy on the whole test set); :func:`average_accuracy` weighs tasks equally.
+    """
+    require(len(row) == len(test_sizes) and sum(test_sizes) > 0, "test_sizes", list(test_sizes),
+            f"{len(row)} test-set sizes, not all 0")  # fmt: skip
+    return sum(a * n for a, n in zip(row, test_sizes, strict=True)) / sum(test_sizes)
+
+
 def forgetting(R: Any) -> list[float]:
     """f_j = max_{i in [j, T-2]} R[i, j] - R[T-1, j] for every task j < T-1.
 
