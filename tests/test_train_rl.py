@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -16,7 +18,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from plasticity_rl.agents import rl_agent_presets
+from plasticity_rl.agents import RLRunConfig, rl_agent_presets
+from plasticity_rl.cli import common_parser, resolve_run_config
 from plasticity_rl.config import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "train_rl.py"
@@ -296,3 +299,24 @@ def test_a_new_shift_preset_trains_as_a_subprocess_and_logs_its_quantity(tmp_pat
     schedule = next(level["schedule"] for level in final_state(tmp_path / "perm")["envs"][0]
                     if "schedule" in level)  # fmt: skip
     assert sorted(schedule["value"]) == list(range(11)) and schedule["changes"] >= 1
+
+
+def test_the_readme_quick_start_replaces_units_and_changes_friction() -> None:
+    # The quick start claims continual backprop and friction changes within its budget: its
+    # maturity threshold must be below the optimiser steps it runs, and the friction interval
+    # below its env steps (else the run shows neither, as the preset's values would not).
+    readme = (REPO_ROOT / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1].split("## ", 1)[0]
+    command = next(line for line in quick_start.splitlines() if "scripts/train_rl.py" in line)
+    argv = shlex.split(command.split("scripts/train_rl.py", 1)[1])
+    parser = common_parser("", "")
+    parser.add_argument("--total-steps", type=float)
+    args = parser.parse_args(argv)
+    overrides = [*args.overrides, f"total_steps={int(args.total_steps)}"]
+    cfg = resolve_run_config(RLRunConfig, args, "env", overrides)
+    rollout = cfg.ppo.n_steps * cfg.env.n_envs
+    updates = math.ceil(cfg.total_steps / rollout)
+    optimizer_steps = updates * cfg.ppo.n_epochs * math.ceil(rollout / cfg.ppo.batch_size)
+    cbp = cfg.method["continual_backprop"]
+    assert cbp["maturity_threshold"] < optimizer_steps / 2, (cbp, optimizer_steps)
+    assert cfg.env.kwargs["every_env_steps"] * 2 <= cfg.total_steps // cfg.env.n_envs
