@@ -19,12 +19,13 @@ import torch
 from plasticity_rl.config import load_preset, resolve
 from plasticity_rl.nn import build_mlp
 from plasticity_rl.supervised.config import SupervisedRunConfig
+from plasticity_rl.supervised.learner import Learner, build_learner, build_stream
 from plasticity_rl.supervised.regression import (
     SlowlyChangingRegression,
     ltu_target,
     ltu_thresholds,
 )
-from plasticity_rl.supervised.trainer import Learner, build_learner, build_stream, train_step
+from plasticity_rl.supervised.steps import train_step
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity" / "regression"
 

@@ -262,7 +262,7 @@ def test_resume_refuses_changes_to_the_run(extra, message, tmp_path, mnist_dir, 
 
 def stop_at(monkeypatch, step: int, signum: int = 15) -> None:
     """Deliver ``signum`` (as StopSignals records it) once the run reaches ``step``."""
-    from plasticity_rl.supervised.trainer import RunControl
+    from plasticity_rl.supervised.control import RunControl
 
     due = RunControl.due
 

@@ -11,7 +11,7 @@ examples for the online streams).
 
 The pieces live beside this file: building the learner (:mod:`.learner`), one training step and
 its batches (:mod:`.steps`), evaluation and results (:mod:`.evaluation`), checkpoints
-(:mod:`.checkpoint`).
+(:mod:`.checkpoint`), safe points, divergence and the run's files (:mod:`.control`).
 
 Batched runs (:func:`train_runs`): S runs of one config that differ in their seed (and
 optionally in per-run values, :data:`~plasticity_rl.supervised.learner.PER_RUN_KEYS`) train as
@@ -25,12 +25,10 @@ network and its random draws.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,6 @@ from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from plasticity_rl.config import to_yaml
 from plasticity_rl.methods import Method
 from plasticity_rl.nn.sparse import end_epoch
 from plasticity_rl.registry import require
@@ -55,9 +52,14 @@ from plasticity_rl.supervised.checkpoint import (
     CHECKPOINT,
     load_checkpoint,
     load_run_checkpoints,
-    save_all,
 )
 from plasticity_rl.supervised.config import SupervisedRunConfig
+from plasticity_rl.supervised.control import (
+    RunControl,
+    check_losses,
+    recorded_config,
+    write_results,
+)
 from plasticity_rl.supervised.evaluation import (
     classification_results,
     continual_eval,
@@ -85,50 +87,6 @@ from plasticity_rl.supervised.steps import (
 def _per_run(values: Tensor) -> list[float]:
     """A per-run tensor (0-d for a single run) as one float per run."""
     return values.reshape(-1).tolist()
-
-
-@dataclass
-class RunControl:
-    """What a loop checks at its safe points (task ends, regression bins, chunk ends):
-    whether a checkpoint is due (every ``train.checkpoint_every_steps``) or a signal asks it to
-    checkpoint and stop (:class:`~plasticity_rl.rundir.StopSignals`)."""
-
-    learner: Learner
-    run_dirs: Sequence[Path]
-    progresses: list[dict[str, Any]]
-    stop: StopSignals
-    every: int
-    last: int = 0
-
-    def checkpoint(self) -> None:
-        """Save every run's checkpoint (and its step in ``status.json``); raise
-        :class:`Interrupted` if a signal came."""
-        save_all(self.learner, self.run_dirs, self.progresses)
-        self.last = step = self.progresses[0]["step"]
-        for run_dir, p in zip(self.run_dirs, self.progresses, strict=True):
-            write_status(run_dir, "running", step=step, task=p["task"], checkpoint_step=step)
-        if self.stop.received is not None:
-            raise Interrupted(self.stop.received, step)
-
-    def due(self) -> bool:
-        """A checkpoint is due at this safe point (interval reached, or a signal came)."""
-        return self.stop.received is not None or (
-            self.every > 0 and self.progresses[0]["step"] - self.last >= self.every
-        )
-
-
-def check_losses(losses: Tensor, progresses: list[dict[str, Any]]) -> None:
-    """Record the step at which each run's training loss first became NaN or infinite (one
-    check per step, on the loss the step computed anyway: about 0.5 us for a single run, 5 us
-    for 30 batched runs); raise :class:`Diverged` once every run has diverged."""
-    if math.isfinite((losses if losses.dim() == 0 else losses.sum()).item()):
-        return  # NaN or infinity in any run makes the sum non-finite
-    finite = torch.isfinite(losses)
-    for p, ok in zip(progresses, finite.reshape(-1).tolist(), strict=True):
-        if not ok and p["diverged_at_step"] is None:
-            p["diverged_at_step"] = p["step"]
-    if all(p["diverged_at_step"] is not None for p in progresses):
-        raise Diverged("the training loss", progresses[0]["step"])
 
 
 def train_tasks(
@@ -378,12 +336,6 @@ def train_runs(
     return _train(learner, list(run_dirs), progresses, show_progress)
 
 
-def recorded_config(cfg: SupervisedRunConfig) -> str:
-    """``config.yaml``: the run's config, without ``train.stop_after_tasks`` (a pause of this
-    invocation, not part of the run: a plain ``--resume`` finishes the run)."""
-    return to_yaml(replace(cfg, train=replace(cfg.train, stop_after_tasks=None)))
-
-
 def _train(learner: Learner, run_dirs: list[Path], progresses: list[dict[str, Any]],
            show_progress: bool) -> list[dict[str, Any]]:  # fmt: skip
     """The loop of the stream's kind for every run, then each run's ``results.json``; the run
@@ -403,7 +355,7 @@ def _train(learner: Learner, run_dirs: list[Path], progresses: list[dict[str, An
         try:
             all_results = _run_loop(learner, run_dirs, progresses, control, show_progress, start)
         except Diverged:
-            _write_results(learner, run_dirs, progresses, [{} for _ in run_dirs], start)
+            write_results(learner, run_dirs, progresses, [{} for _ in run_dirs], start)
             raise
         except Interrupted as err:
             for run_dir, p in zip(run_dirs, progresses, strict=True):
@@ -436,49 +388,5 @@ def _run_loop(learner: Learner, run_dirs: list[Path], progresses: list[dict[str,
     finally:
         for writer in writers:
             writer.close()
-    _write_results(learner, run_dirs, progresses, all_results, start)
+    write_results(learner, run_dirs, progresses, all_results, start)
     return all_results
-
-
-def _write_results(learner: Learner, run_dirs: list[Path], progresses: list[dict[str, Any]],
-                   all_results: list[dict[str, Any]], start: float) -> None:  # fmt: skip
-    """Each run's ``results.json`` and final ``status.json``: ``complete``, ``stopped``
-    (``train.stop_after_tasks``: no results.json) or ``diverged`` (no metrics: they would be
-    of a broken network)."""
-    wall_seconds = round(time.time() - start, 1)
-    for run, (results, progress, run_dir) in enumerate(
-        zip(all_results, progresses, run_dirs, strict=True)
-    ):
-        step, task = progress["step"], progress["task"]
-        if "stopped_after_tasks" in results:
-            write_status(run_dir, "stopped", step=step, task=task, checkpoint_step=step)
-            continue
-        diverged = progress["diverged_at_step"]
-        if diverged is not None:
-            results.clear()
-            results["status"] = "diverged"
-        else:
-            results["status"] = "complete"
-        results.update(
-            stream=getattr(learner.streams[run], "description", {}),
-            steps=step,
-            wall_seconds=wall_seconds,
-            diverged_at_step=diverged,
-        )
-        if diverged is None:
-            results["plasticity"] = progress["plasticity"]
-            results["final_plasticity"] = (progress["plasticity"] or [{}])[-1]
-        text = json.dumps(_json_safe(results), indent=2) + "\n"
-        write_text_atomic(run_dir / "results.json", text)
-        write_status(run_dir, results["status"], step=step, task=task, diverged_at_step=diverged)
-
-
-def _json_safe(value: Any) -> Any:
-    """Plain JSON: NaN (e.g. a time-to-recover that never came) becomes null."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
