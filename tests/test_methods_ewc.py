@@ -270,3 +270,24 @@ def test_bad_values_name_key_and_value(key: str, value: object):
 def test_unknown_keyword_is_named():
     with pytest.raises(ConfigError, match="method.ewc key: got 'lambda_'"):
         make_method("ewc", lambda_=1.0)
+
+
+def test_fisher_of_a_gaba_topk_network_leaves_its_counters_alone():
+    # The GABA switch counts firing units in every forward of the learner; the Fisher's
+    # per-sample forwards (under torch.func, which cannot mutate buffers) must not count, and
+    # must not fail (SDMLP + EWC, Bricken et al. 2023).
+    torch.manual_seed(0)
+    model = build_mlp(3, [6], 4, {"name": "topk", "k": 2, "gaba_switch_T": 10.0})
+    gen = torch.Generator().manual_seed(3)
+    task = StandInTask(torch.randn(8, 3, generator=gen), torch.randint(0, 4, (8,), generator=gen),
+                       [0, 1, 2, 3], active_classes=[0, 1, 2, 3])  # fmt: skip
+    model(task.train_x)  # one learner forward: sizes and moves the counters
+    counts = [m.gaba_counts.clone() for m in model.modules() if hasattr(m, "gaba_counts")]
+    ewc = EWC(samples=None)
+    ewc.attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    ewc.on_task_end(task, model)
+    after = [m.gaba_counts for m in model.modules() if hasattr(m, "gaba_counts")]
+    assert counts and all(torch.equal(a, b) for a, b in zip(counts, after, strict=True))
+    assert ewc.importance[0].abs().sum() > 0  # the Fisher itself was computed
+    model(task.train_x)  # the learner's own forwards count again
+    assert not torch.equal(counts[0], after[0])

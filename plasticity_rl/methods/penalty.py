@@ -26,6 +26,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.hooks import RemovableHandle
 
 from plasticity_rl.methods.base import Method, Model, check_count
+from plasticity_rl.nn.sparse import activity_counters_paused
 from plasticity_rl.registry import require
 
 if TYPE_CHECKING:
@@ -145,8 +146,9 @@ def per_sample_importance(
     a chunk of samples at a time (at most :data:`PER_SAMPLE_GRADIENT_ELEMENTS` gradient entries
     at once). Each sample goes through the model alone, as a batch of one: ``sample_value``
     gets its output of shape ``(1, n_outputs)`` and its target with a leading dim of 1, and
-    returns a scalar. The model is put in eval mode for the computation (no dropout, no Top-K
-    counter updates) and every module's mode is restored afterwards; no ``.grad`` is touched.
+    returns a scalar. The model is put in eval mode for the computation (no dropout) with its
+    Top-K GABA counters paused (:func:`~plasticity_rl.nn.sparse.activity_counters_paused`), and
+    every module's mode is restored afterwards; no ``.grad`` is touched.
     Tensors of ``params`` that are not parameters of ``model`` get importance 0.
     """
     name_of = {id(p): name for name, p in model.named_parameters()}
@@ -163,7 +165,8 @@ def per_sample_importance(
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
-        with torch.no_grad():  # torch.func.grad ignores the outer no_grad; other params stay out
+        # torch.func.grad ignores the outer no_grad; other params stay out
+        with torch.no_grad(), activity_counters_paused(model):
             for start in range(0, x.shape[0], chunk):
                 part = slice(start, start + chunk)
                 grads = per_sample_gradients(theta, x[part], y[part])

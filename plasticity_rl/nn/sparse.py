@@ -13,6 +13,8 @@ which is the LAST dimension of its input; any leading batch shape works (``(unit
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from numbers import Integral, Real
 from typing import Any
 
@@ -171,6 +173,7 @@ class TopK(nn.Module):
         self.clip_max = None if clip_max is None else float(clip_max)
         self.threshold_grad = threshold_grad
         self.relu_input = relu_input or gaba_switch_T is not None
+        self.counting = True  # False inside activity_counters_paused
         if self.k_max is not None:
             # Training epochs finished so far (end_epoch).
             self.register_buffer("epochs", torch.zeros((), dtype=torch.long))
@@ -232,7 +235,7 @@ class TopK(nn.Module):
         out = F.relu(x - threshold)
         if self.clip_max is not None:
             out = out.clamp(max=self.clip_max)
-        if gaba:
+        if gaba and self.counting:
             with torch.no_grad():
                 self.gaba_counts += (out.detach() > 0).reshape(-1, width).sum(0)
         return out
@@ -252,6 +255,21 @@ class TopK(nn.Module):
         if self.relu_input and self.gaba_switch_T is None:
             parts.append("relu_input=True")
         return ", ".join(parts)
+
+
+@contextmanager
+def activity_counters_paused(model: nn.Module) -> Iterator[None]:
+    """Inside, the GABA counters of ``model``'s Top-K layers do not move: for forwards that are
+    not the learner's own (per-sample gradients under ``torch.func``, which cannot mutate
+    buffers, e.g. EWC's Fisher information)."""
+    layers = [m for m in model.modules() if isinstance(m, TopK)]
+    for layer in layers:
+        layer.counting = False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.counting = True
 
 
 def end_epoch(model: nn.Module) -> None:
