@@ -78,9 +78,13 @@ def load_preset(
 ) -> dict[str, Any]:
     """Load a preset by name (from ``<repo>/<kind>/``) or by path, following ``base:`` links.
 
+    ``base`` is one preset or a list of presets, merged left to right (:func:`merge_presets`)
+    under the file's own keys; e.g. ``base: [ppo-cbp-l2, fast]`` is the agent ``ppo-cbp-l2``
+    with the rollout layout of ``fast``.
+
     Raises:
-        ConfigError: unknown name, unreadable or invalid YAML, not a mapping, or ``base:``
-            links that loop.
+        ConfigError: unknown name, unreadable or invalid YAML, not a mapping, a ``base`` that
+            is neither a name nor a list of names, or ``base:`` links that loop.
     """
     path = Path(str(name_or_path))
     if path.suffix not in (".yaml", ".yml"):
@@ -98,7 +102,13 @@ def load_preset(
     base = data.pop("base", None)
     if base is None:
         return data
-    return merge_presets(load_preset(kind, base, (*_chain, key)), data)
+    bases = base if isinstance(base, list) else [base]
+    if not bases or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: base", base, "a preset name or a list of preset names")
+    merged: dict[str, Any] = {}
+    for name in bases:
+        merged = merge_presets(merged, load_preset(kind, name, (*_chain, key)))
+    return merge_presets(merged, data)
 
 
 def merge_presets(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from plasticity_rl.agents import RLRunConfig, rl_agent_presets
 from plasticity_rl.cli import common_parser, resolve_run_config
-from plasticity_rl.config import REPO_ROOT
+from plasticity_rl.config import REPO_ROOT, load_preset
 
 SCRIPT = REPO_ROOT / "scripts" / "train_rl.py"
 sys.path.insert(0, str(SCRIPT.parent))
@@ -50,8 +50,11 @@ AGENT_PRESETS = rl_agent_presets()
 
 @pytest.mark.parametrize("agent", AGENT_PRESETS)
 def test_each_agent_preset_trains_and_writes_the_expected_tags(agent, tmp_path):
+    # rollouts of 256 env steps in the preset's layout (fast presets: 16 copies x 16 steps)
+    n_envs = load_preset("agents", agent).get("env", {}).get("n_envs", 1)
+    layout = ["--set", f"ppo.n_steps={256 // n_envs}", "--set", "env.kwargs.every_env_steps=256"]
     args = ["--env", "hopper-friction", "--agent", agent, "--total-steps", "512"]
-    assert main([*args, "--logdir", str(tmp_path), "--name", "run", *TINY]) == 0
+    assert main([*args, "--logdir", str(tmp_path), "--name", "run", *TINY, *layout]) == 0
     run_dir = tmp_path / "run"
     tags = scalars(run_dir)
     expected = {"env/friction", "env/changes", "rollout/ep_rew_mean", "train/value_loss"}
@@ -170,6 +173,9 @@ OK = ["--env", "hopper-friction", "--agent", "ppo"]
         ([*OK, "--total-steps", "1e30"], r"--total-steps: got 1e\+30; allowed: a whole number"),
         ([*OK, "--set", "ppo.batch_size=1"], r"ppo.batch_size: got 1; allowed: an integer >= 2"),
         ([*OK, "--set", "env.n_envs=0"], r"env.n_envs: got 0; allowed: an integer >= 1"),
+        ([*OK, "--set", "torch_threads=0"], r"torch_threads: got 0; allowed: an integer >= 1"),
+        ([*OK, "--set", "env.n_envs=3"], r"env.kwargs.every_env_steps: got 2000000; allowed: a "
+                                         r"multiple of env.n_envs = 3"),
         ([*OK, "--seed", "-5"], r"--seed: got -5; allowed: an integer >= 0"),
         (["--env", "hopper-friction", "--agent", "ppo-topk",
           "--set", "policy_net.hidden_sizes=[8]"],
@@ -319,4 +325,4 @@ def test_the_readme_quick_start_replaces_units_and_changes_friction() -> None:
     optimizer_steps = updates * cfg.ppo.n_epochs * math.ceil(rollout / cfg.ppo.batch_size)
     cbp = cfg.method["continual_backprop"]
     assert cbp["maturity_threshold"] < optimizer_steps / 2, (cbp, optimizer_steps)
-    assert cfg.env.kwargs["every_env_steps"] * 2 <= cfg.total_steps // cfg.env.n_envs
+    assert cfg.env.kwargs["every_env_steps"] * 2 <= cfg.total_steps

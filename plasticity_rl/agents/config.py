@@ -48,7 +48,9 @@ class EnvConfig:
 
     id: str = "plasticity_rl/HopperFriction-v5"
     kwargs: dict[str, Any] = field(default_factory=dict)
-    """Keyword arguments for ``gymnasium.make`` (e.g. the friction schedule)."""
+    """Keyword arguments for ``gymnasium.make`` (e.g. the friction schedule). A schedule's
+    ``every_env_steps`` counts the run's env steps over all copies: each of ``n_envs`` copies
+    gets ``every_env_steps / n_envs`` of its own (a multiple of ``n_envs`` is required)."""
     n_envs: int = 1
     vec_env: str = "dummy"
     """``dummy`` (one process) or ``subproc`` (one process per env copy)."""
@@ -82,6 +84,10 @@ class RLRunConfig:
     normalize_observations: bool = False
     """Wrap the env in SB3's ``VecNormalize`` (observations only)."""
     seed: int = 0
+    torch_threads: int = 1
+    """Threads torch may use (``torch.set_num_threads``). One keeps parallel runs (the sweep
+    runs one per core) from competing; a run alone on a machine may take more for its
+    updates."""
     total_steps: int = 1_000_000
     """Env steps to train for, summed over env copies."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -92,8 +98,10 @@ class RLRunConfig:
 
 
 def rl_agent_presets() -> list[str]:
-    """The agent presets that define a PPO agent (they have a ``ppo`` section), ``lop`` aside."""
-    return [n for n in preset_names("agents") if n != "lop" and "ppo" in load_preset("agents", n)]
+    """The agent presets that define a PPO agent (``ppo`` and ``policy_net`` sections), the
+    bases ``lop`` (the paper's PPO) and layers such as ``fast`` (no networks) aside."""
+    return [n for n in preset_names("agents")
+            if n != "lop" and {"ppo", "policy_net"} <= set(load_preset("agents", n))]  # fmt: skip
 
 
 def validate(cfg: RLRunConfig) -> None:
@@ -127,6 +135,7 @@ def validate(cfg: RLRunConfig) -> None:
         cfg.env.vec_env in ("dummy", "subproc"), "env.vec_env", cfg.env.vec_env, "dummy, subproc"
     )
     require(cfg.total_steps >= 1, "total_steps", cfg.total_steps, "an integer >= 1")
+    require(cfg.torch_threads >= 1, "torch_threads", cfg.torch_threads, "an integer >= 1")
     log = cfg.logging
     require(
         log.metrics_every_env_steps >= 1,

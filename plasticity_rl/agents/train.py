@@ -27,7 +27,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv, VecNormalize
 
 import plasticity_rl.envs  # noqa: F401  (registers the plasticity_rl/ env ids)
 from plasticity_rl.agents.callbacks import EnvStepProgress, PlasticityCallback
@@ -35,7 +35,9 @@ from plasticity_rl.agents.checkpoint import load_checkpoint
 from plasticity_rl.agents.config import RLRunConfig
 from plasticity_rl.agents.policy import PlasticityActorCriticPolicy
 from plasticity_rl.config import to_yaml
+from plasticity_rl.envs.nonstationary import shift_default
 from plasticity_rl.envs.snapshot import Snapshot
+from plasticity_rl.envs.vec_env import DummyVecEnvNoInfoCopy
 from plasticity_rl.methods import Method, make_method
 from plasticity_rl.optim import attach_step_hooks, sb3_optimizer_args
 from plasticity_rl.registry import ConfigError, require, require_number, split_spec
@@ -54,13 +56,13 @@ def make_env(cfg: RLRunConfig) -> VecEnv:
     """``n_envs`` copies of the configured env, each seeded ``seed + rank`` by SB3.
 
     Non-stationary envs get ``schedule_seed = seed`` unless the preset sets one, so every copy
-    follows the same sequence of values (physics, permutations, reward targets); each copy
-    counts its own env steps.
+    follows the same sequence of values (physics, permutations, reward targets). Each copy
+    counts its own env steps; ``env.kwargs.every_env_steps`` counts the run's, so each copy
+    gets ``every_env_steps / n_envs`` (:func:`per_copy_env_kwargs`) and the agent meets a
+    change every ``every_env_steps`` env steps whatever the number of copies.
     """
-    vec_env_cls = SubprocVecEnv if cfg.env.vec_env == "subproc" else DummyVecEnv
-    kwargs = dict(cfg.env.kwargs)
-    if cfg.env.id.startswith("plasticity_rl/"):
-        kwargs.setdefault("schedule_seed", cfg.seed)
+    vec_env_cls = SubprocVecEnv if cfg.env.vec_env == "subproc" else DummyVecEnvNoInfoCopy
+    kwargs = per_copy_env_kwargs(cfg)
     check_env_kwargs(cfg.env.id, kwargs)
     env = make_vec_env(
         # "module:id" makes sub-processes import the module that registers our ids.
@@ -74,6 +76,30 @@ def make_env(cfg: RLRunConfig) -> VecEnv:
     if cfg.normalize_observations:
         env = VecNormalize(env, norm_obs=True, norm_reward=False, gamma=cfg.ppo.gamma)
     return env
+
+
+def per_copy_env_kwargs(cfg: RLRunConfig) -> dict[str, Any]:
+    """The keywords each env copy is made with: ``schedule_seed`` defaulted to the run's seed
+    and ``every_env_steps`` (run env steps, the wrapper's default if unset) divided by
+    ``n_envs``.
+
+    Raises:
+        ConfigError: ``every_env_steps`` is not a positive multiple of ``env.n_envs``.
+    """
+    kwargs = dict(cfg.env.kwargs)
+    env_id = cfg.env.id.split(":")[-1]
+    if not env_id.startswith("plasticity_rl/") or env_id not in gym.registry:
+        return kwargs  # check_env_kwargs refuses an unknown id
+    kwargs.setdefault("schedule_seed", cfg.seed)
+    every = kwargs.get("every_env_steps", shift_default(env_id, "every_env_steps"))
+    n = cfg.env.n_envs
+    if n > 1:
+        ok = isinstance(every, int) and every >= n and every % n == 0
+        require(ok, "env.kwargs.every_env_steps", every, f"a multiple of env.n_envs = {n} (it "
+                "counts the run's env steps; each copy changes after every_env_steps / n_envs "
+                "of its own)")  # fmt: skip
+        kwargs["every_env_steps"] = every // n
+    return kwargs
 
 
 def check_env_kwargs(env_id: str, kwargs: dict[str, Any]) -> None:
@@ -169,7 +195,7 @@ def train(
         Diverged: the policy's parameters or outputs became NaN or infinite.
         DiskFull: the disk filled up while writing a checkpoint (the previous one is kept).
     """
-    torch.set_num_threads(1)
+    torch.set_num_threads(cfg.torch_threads)
     if prepared is None:
         env = make_env(cfg)
         model, methods = build_agent(cfg, env)

@@ -27,10 +27,11 @@ Schedule (units are env steps of *this* env copy, i.e. calls to ``step()``; one 
   of values.
 
 Vectorised training: each copy has its own wrapper and counts its own steps, so with ``n_envs``
-copies the agent sees a change every ``n_envs * every_env_steps`` total steps (divide Dohare's 2M
-by ``n_envs`` to match). SB3's ``make_vec_env(env_id, n_envs, seed=s)`` resets copy ``i`` with
-seed ``s + i``; without ``schedule_seed`` each copy then follows its own sequence, so at any time
-the agent trains on a mixture of ``n_envs`` tasks. To reproduce Dohare's single-env setting (one
+copies the agent sees a change every ``n_envs * every_env_steps`` total steps (``train_rl.py``
+divides the configured interval by ``n_envs``, so there it counts the run's steps). SB3's
+``make_vec_env(env_id, n_envs, seed=s)`` resets copy ``i`` with seed ``s + i``; without
+``schedule_seed`` each copy then follows its own sequence, so at any time the agent trains on a
+mixture of ``n_envs`` tasks. To reproduce Dohare's single-env setting (one
 task at a time) pass the run's seed as ``schedule_seed`` (``env_kwargs={"schedule_seed": s}``):
 all copies then share one sequence and switch within one episode of each other.
 
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import inspect
 import math
 from typing import Any, ClassVar, SupportsFloat
 
@@ -471,6 +473,14 @@ def make_shift_env(base_id: str, wrapper: str, **kwargs: Any) -> ScheduledShift:
     base_kwargs = {k: v for k, v in kwargs.items() if k not in accepted}
     base = gym.make(base_id, max_episode_steps=-1, disable_env_checker=True, **base_kwargs)
     return cls(base.unwrapped, **wrapper_kwargs)
+
+
+def shift_default(env_id: str, keyword: str) -> Any:
+    """The default of ``keyword`` in the schedule wrapper of a registered ``plasticity_rl/*-v5``
+    id (e.g. ``every_env_steps``: 2,000,000 for every wrapper but :class:`PhysicsShift`)."""
+    spec = gym.spec(env_id)
+    wrapper = ScheduledShift.by_name[spec.kwargs["wrapper"]]
+    return inspect.signature(wrapper.__init__).parameters[keyword].default
 
 
 def _schedule_rng(seed: int | None) -> np.random.Generator:

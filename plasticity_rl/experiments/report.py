@@ -63,12 +63,13 @@ def default_figures(kind: str, runs: Sequence[Run]) -> list[dict[str, Any]]:
 
 
 def change_points(runs: Sequence[Run], kind: str) -> float | None:
-    """Env steps between physics changes (RL: ``every_env_steps`` x ``n_envs``), else None."""
+    """Env steps between physics changes (RL: ``every_env_steps``, the run's env steps over
+    all copies), else None."""
     if kind != "rl":
         return None
     env = runs[0].config.get("env") or {}
     every = (env.get("kwargs") or {}).get("every_env_steps")
-    return None if every is None else float(every) * int(env.get("n_envs", 1))
+    return None if every is None else float(every)
 
 
 def dataset_note(runs: Sequence[Run], experiment: Experiment | None) -> str:
