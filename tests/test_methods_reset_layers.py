@@ -20,7 +20,8 @@ def test_the_output_layer_gets_a_fresh_default_init_draw_every_period():
     ResetLayers(every_optimizer_steps=2).attach(net, optimizer)
     before = copy.deepcopy(net)
     train_steps(net, optimizer, 1)
-    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before.parameters()))
+    unchanged = zip(net.parameters(), before.parameters(), strict=True)
+    assert all(torch.equal(p, q) for p, q in unchanged)
     torch.manual_seed(5)
     train_steps(net, optimizer, 1)  # step 2: reset
     # torch's nn.Linear init: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) = U(-0.5, 0.5),
