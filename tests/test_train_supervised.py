@@ -220,6 +220,26 @@ ONLINE = ["--env", "online-permuted-mnist", "--agent", "cbp", "--set", "stream.k
           "--set", "network.hidden_sizes=[16,16]"]  # fmt: skip
 
 
+def test_a_run_with_plasticity_injection_resumes_its_grown_network(tmp_path, mnist_dir):
+    # CBP + plasticity injection (autograd, as injection asks); the head grows at step 10,
+    # in the first task, and the run is cut after it
+    args = [*ONLINE, "--data-dir", str(mnist_dir),
+            "--set", "method.plasticity_injection={at_optimizer_steps: [10]}"]  # fmt: skip
+    whole = run(tmp_path, "whole", *args)
+    cut = [*args, "--logdir", str(tmp_path), "--name", "cut", *QUIET]
+    assert main([*cut, "--set", "train.stop_after_tasks=1"]) == 0
+    saved = torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=True)
+    assert "output.injection1.weight" in saved["model"]
+    resume = ["--resume", str(tmp_path / "cut"), "--set", "train.stop_after_tasks=null"]
+    assert main([*resume, "--no-progress"]) == 0
+    resumed = json.loads((tmp_path / "cut" / "results.json").read_text())
+    for key in ("accuracy_matrix", "online_accuracy", "steps", "final_plasticity"):
+        assert resumed.get(key) == whole.get(key), key
+    a = torch.load(tmp_path / "whole/checkpoints/latest.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_resume_continues_with_the_runs_own_seed(tmp_path, mnist_dir, capsys):
     args = [*PERMUTED, "--data-dir", str(mnist_dir), "--seed", "3"]
     whole = run(tmp_path, "whole", *args)
