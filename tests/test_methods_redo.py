@@ -111,7 +111,7 @@ def test_regrama_resets_the_units_whose_incoming_gradient_is_small():
     optimizer.zero_grad()
     nn.functional.mse_loss(net(x), y).backward()
     optimizer.step()
-    assert regrama.stats() == {"hidden1/resets": 2.0}
+    assert regrama.stats() == {"hidden1/grama_resets": 2.0}
     assert torch.all(net.output.weight[:, expected] == 0)
     assert torch.all(net.hidden[0].bias[expected] == 0) and torch.all(net.hidden[0].bias[2:] == 1)
 

@@ -68,15 +68,15 @@ def test_resets_a_unit_that_stops_firing_and_starts_its_counts_again():
 
     for i in range(20):  # both units fire at rate 1/2
         step(1.0 if i % 2 == 0 else -1.0)
-    assert method.stats() == {"hidden1/resets": 0.0}
+    assert method.stats() == {"hidden1/silence_resets": 0.0}
     # after k more negative inputs unit 0 has f = 10, n = 20 + k, a = 1 + k: reset at the
     # first k with (1 - 10 / (20 + k))^(1 + k) < 0.01
     k = next(k for k in range(1, 100) if (1 - 10 / (20 + k)) ** (1 + k) < 0.01)
     for _ in range(k - 1):
         step(-1.0)
-    assert method.stats() == {"hidden1/resets": 0.0}
+    assert method.stats() == {"hidden1/silence_resets": 0.0}
     step(-1.0)
-    assert method.stats() == {"hidden1/resets": 1.0}
+    assert method.stats() == {"hidden1/silence_resets": 1.0}
     assert net.output.weight[0, 0] == 0 and net.hidden[0].bias[0] == 0
     assert [c[0].item() for c in method.counts["hidden1"].values()] == [0, 0, 0]
 

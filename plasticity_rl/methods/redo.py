@@ -104,6 +104,7 @@ class ReGraMa(ReDo):
     """
 
     name = "regrama"
+    counter = "grama_resets"
     needs_autograd = True
 
     def _scores(self, layer: HiddenLayer, activations: dict[str, Tensor]) -> Tensor | None:

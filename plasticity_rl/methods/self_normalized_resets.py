@@ -55,7 +55,7 @@ class SelfNormalizedResets(HiddenLayerMethod):
             :data:`plasticity_rl.optim.state.OPTIMIZER_STATE_RESETS`).
     """
 
-    counter = "resets"
+    counter = "silence_resets"
 
     def __init__(self, percentile: float = 0.99, optimizer_state: str = "zero_moments"):
         super().__init__()
