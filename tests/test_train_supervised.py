@@ -6,6 +6,7 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -218,6 +219,23 @@ PERMUTED = ["--env", "permuted-mnist", "--agent", "relu-adam", "--set", "stream.
             "--set", "network.hidden_sizes=[16]", "--set", "train.batch_size=16"]  # fmt: skip
 ONLINE = ["--env", "online-permuted-mnist", "--agent", "cbp", "--set", "stream.kwargs.num_tasks=2",
           "--set", "network.hidden_sizes=[16,16]"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "reset_layers={every_optimizer_steps: 50}",
+        "plasticity_injection={at_optimizer_steps: [100]}",
+        "hare_tortoise={reset_every_optimizer_steps: 50}",
+        "regrama={}",
+        "self_normalized_resets={}",
+    ],
+)
+def test_the_reset_methods_run_from_the_command_line(method, tmp_path):
+    stream = ["stream.kwargs.total_examples=300", "stream.kwargs.bin_size=100"]
+    results = run(tmp_path, "r", "--env", "slowly-changing-regression", "--agent",
+                  "regression-bp", *sets([*stream, f"method.{method}"]))  # fmt: skip
+    assert results["steps"] == 300 and all(map(math.isfinite, results["squared_error_bins"]))
 
 
 def test_a_run_with_plasticity_injection_resumes_its_grown_network(tmp_path, mnist_dir):

@@ -77,8 +77,9 @@ class Method:
     uses_task_boundaries: bool = False
     """True if the method needs the supervised trainer's :meth:`on_batch` / :meth:`on_task_end`."""
     needs_autograd: bool = False
-    """True if the method hooks into autograd (tensor gradient hooks), so the trainer must not
-    use the hand-written backward (:mod:`plasticity_rl.nn.backprop`)."""
+    """True if the method needs autograd (tensor gradient hooks, a forward hook that adds
+    trained parameters, or reading ``.grad``, which the fused SGD step never writes), so the
+    trainer must not use the hand-written backward (:mod:`plasticity_rl.nn.backprop`)."""
 
     def __init__(self) -> None:
         self._attached = False
