@@ -39,15 +39,20 @@ def test_tortoise_is_the_ema_of_the_hare_and_the_hare_is_reset_to_it():
     assert method.stats() == {"hare_tortoise/resets": 1.0}
 
 
-def test_the_reset_zeroes_the_adam_moments():
+@pytest.mark.parametrize("mode", ["keep", "zero_moments"])
+def test_the_reset_keeps_the_adam_moments_or_zeroes_them(mode: str):
     torch.manual_seed(0)
     net = build_mlp(3, [4], 2)
     optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
-    HareTortoise(reset_every_optimizer_steps=3).attach(net, optimizer)
-    train_steps(net, optimizer, 2)
-    assert all(optimizer.state[p]["exp_avg"].abs().sum() > 0 for p in net.parameters())
-    train_steps(net, optimizer, 1)
-    assert all(optimizer.state[p]["exp_avg"].abs().sum() == 0 for p in net.parameters())
+    HareTortoise(reset_every_optimizer_steps=3, optimizer_state=mode).attach(net, optimizer)
+    train_steps(net, optimizer, 3)
+    zeroed = [optimizer.state[p]["exp_avg"].abs().sum() == 0 for p in net.parameters()]
+    assert zeroed == [mode == "zero_moments"] * len(zeroed)
+
+
+def test_defaults_are_the_authors_code():
+    method = HareTortoise()
+    assert (method.ema_rate, method.optimizer_state) == (0.999, "keep")
 
 
 def test_composes_with_unit_resets_and_l2_and_resumes():
