@@ -8,11 +8,17 @@ network (of a policy and a value network alike) are drawn afresh from their init
 
 and the optimiser state of their weights and biases is reset as the unit resets do
 (``optimizer_state``, :data:`plasticity_rl.optim.state.OPTIMIZER_STATE_RESETS`), through
-:func:`~plasticity_rl.methods.base.reset_layer`. The paper resets the last layer of SPR's
-network every 2 x 10^4 updates on Atari 100k (the defaults here) and more layers for SAC; it
-re-creates the optimiser state of the reset parameters, which ``zero_moments`` does for Adam
-except for its per-tensor step count. In a batched network every run draws its own fresh
-weights from its own generator.
+:func:`~plasticity_rl.methods.base.reset_layer`. In a batched network every run draws its own
+fresh weights from its own generator.
+
+The authors' code (evgenii-nikishin/rl_with_resets, commit 502ec52) resets SPR's final layer
+every 20,000 agent steps on Atari 100k (``discrete_control/configs/SPR_with_resets.gin``, two
+updates per step there, at most 4 resets), re-initialising the Adam moments of the reset
+parameters and keeping the step count (``reset_weights`` in ``rainbow_agent.py``), and
+recreates the whole SAC agent every 200,000 steps on DM Control (``train_dense.py``). The
+defaults here are the SPR setting with the interval counted in optimiser steps (one reset of
+the last layer every 20,000 optimiser steps, without a cap on their number) and
+``zero_moments``, which is that optimiser-state reset for Adam.
 """
 
 from __future__ import annotations
