@@ -17,6 +17,11 @@ decay, ...). The method's own state (the steps and the number of injections made
 resume needs to grow a freshly built network again before the network and optimiser states are
 loaded (the RL and supervised checkpoints load method states first).
 
+Frozen means the parameters theta and theta'_0 get no gradient; the input x still passes the
+gradient of all three terms to the layers before the head, so at the moment of injection that
+gradient, (W_theta + W_theta' - W_theta'_0)^T g = W_theta^T g, is also unchanged. (Plasticine's
+``Injector`` instead detaches the twin's output, which changes it to (W_theta + W_theta')^T g.)
+
 Notes: the injected copies are not part of unit resets (ReDo, continual backprop) of the last
 hidden layer, which zero only the frozen head's column; SB3's gradient clipping covers them
 (they are policy parameters). The default, one injection after 100,000 optimiser steps, is a
