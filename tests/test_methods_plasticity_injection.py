@@ -69,7 +69,8 @@ def test_only_the_new_copy_learns_with_the_gradient_the_head_had():
     torch.testing.assert_close(head.injection1.weight - start, -0.1 * plain.output.weight.grad)
     assert torch.equal(head.weight, frozen)
     assert torch.equal(head.injection1_initial.weight, initial)
-    assert hidden[0].weight.grad is not None  # the layers before the head still learn
+    # the layers below still learn, with the gradient they had: (W + W' - W'_0)^T g = W^T g
+    torch.testing.assert_close(hidden[0].weight.grad, plain.hidden[0].weight.grad)
 
 
 def test_a_second_injection_freezes_the_first_copy():
