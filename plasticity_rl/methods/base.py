@@ -30,6 +30,7 @@ from torch.utils.hooks import RemovableHandle
 
 from plasticity_rl.nn.backprop import keeps_deferred_steps
 from plasticity_rl.nn.layers import (
+    BatchedLinear,
     layer_parameter,
     run_shape,
     sample_bias,
@@ -231,6 +232,12 @@ def network_roots(model: Model) -> list[list[nn.Module]]:
     of a mapping (a network given as a module is a list of one)."""
     networks = model.values() if isinstance(model, Mapping) else [model]
     return [list(net) if isinstance(net, Sequence) else [net] for net in networks]
+
+
+def is_batched(model: Model) -> bool:
+    """Whether ``model`` holds batched runs (a :class:`~plasticity_rl.nn.layers.BatchedLinear`)."""
+    return any(isinstance(layer, BatchedLinear) for layers in network_linear_layers(model)
+               for layer in layers)  # fmt: skip
 
 
 def network_linear_layers(model: Model) -> list[list[nn.Linear]]:

@@ -39,10 +39,9 @@ from plasticity_rl.methods.base import (
     Model,
     check_count,
     check_number,
+    is_batched,
     model_parameters,
-    network_roots,
 )
-from plasticity_rl.nn.layers import BatchedLinear
 from plasticity_rl.optim.state import check_optimizer_state_mode, reset_optimizer_state
 
 
@@ -82,8 +81,7 @@ class HareTortoise(Method):
         self.hare = model_parameters(model)
         self.tortoise = [p.detach().clone() for p in self.hare]
         self.optimizer = optimizer
-        self._batched = any(isinstance(m, BatchedLinear) for roots in network_roots(model)
-                            for root in roots for m in root.modules())  # fmt: skip
+        self._batched = is_batched(model)
         return [optimizer.register_step_post_hook(self._after_step)]
 
     @torch.no_grad()

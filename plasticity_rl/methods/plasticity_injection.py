@@ -45,11 +45,11 @@ from plasticity_rl.methods.base import (
     Method,
     Model,
     check_count,
+    is_batched,
     network_linear_layers,
-    network_roots,
     reset_layer,
 )
-from plasticity_rl.nn.layers import BatchedLinear, layer_parameter
+from plasticity_rl.nn.layers import layer_parameter
 from plasticity_rl.registry import ConfigError, require
 
 
@@ -84,8 +84,7 @@ class PlasticityInjection(Method):
         self._pairs: list[list[tuple[nn.Linear, nn.Linear]]] = []
 
     def _attach(self, model: Model, optimizer: torch.optim.Optimizer) -> list[RemovableHandle]:
-        if any(isinstance(m, BatchedLinear) for roots in network_roots(model)
-               for root in roots for m in root.modules()):  # fmt: skip
+        if is_batched(model):
             raise ConfigError("method.plasticity_injection", "batched runs",
                               "single runs (a run's view of a batched network cannot hold the "
                               "grown head)")  # fmt: skip
