@@ -147,9 +147,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
                       f"checkpoint ({'; '.join(problems)})")  # fmt: skip
 
 
-def check_state_dict(what: str, saved: Any, current: dict[str, Any], path: Path) -> None:
+def check_state_dict(
+    what: str, saved: Any, current: dict[str, Any], path: Path, allow_extra: bool = False
+) -> None:
     """Refuse a saved state dict whose tensors differ in name or shape from ``current``'s (a
     checkpoint of another network: other width, depth, layers or preset).
+
+    ``allow_extra``: accept tensors that only the checkpoint has (a network that a method such
+    as plasticity injection grew, checked before the method has grown this one).
 
     Raises:
         ConfigError: with the first difference (key ``--resume``).
@@ -167,7 +172,7 @@ def check_state_dict(what: str, saved: Any, current: dict[str, Any], path: Path)
                               f"({key} has shape {tuple(value.shape)} here, {found} in the "
                               "checkpoint)")  # fmt: skip
     extra = sorted(set(saved) - set(current))
-    if extra:
+    if extra and not allow_extra:
         raise ConfigError("--resume", str(path), f"a checkpoint of this run's {what} "
                           f"(it has {extra[:3]} that this run does not)")  # fmt: skip
 

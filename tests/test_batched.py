@@ -211,6 +211,26 @@ def test_regression_redo_and_shrink_and_perturb_batched_equal_single_runs(tmp_pa
     assert all(c["methods"]["redo"]["steps"] == 400 for c in states)
 
 
+@pytest.mark.parametrize(
+    "methods",
+    [
+        {"reset_layers": {"every_optimizer_steps": 50},
+         "hare_tortoise": {"ema_rate": 0.9, "reset_every_optimizer_steps": 70}},
+        {"regrama": {"tau": 0.3, "period": 20},
+         "self_normalized_resets": {"percentile": 0.9}},
+    ],
+    ids=["reset-layers-hare-tortoise", "regrama-snr"],
+)  # fmt: skip
+def test_regression_layer_and_unit_resets_batched_equal_single_runs(methods, tmp_path):
+    # fresh layers and units: run s draws from its own generator, as the single run does
+    states = assert_same_runs(regression_config(method=methods), tmp_path)
+    names = list(methods)
+    assert all(c["methods"][names[0]]["steps"] == 400 for c in states)
+    if "regrama" in methods:  # both reset units, each under its own counter
+        for counter in ("grama_resets", "silence_resets"):
+            assert logged_total(tmp_path / "batched1", f"plasticity/net/hidden1/{counter}") > 0
+
+
 def online_permuted_config(mnist_dir: Path, **train: Any) -> SupervisedRunConfig:
     """CBP on Online Permuted MNIST with an input layer of 784 x 32 weights: wide enough for
     the hand-written backward's deferred input-layer steps and their lookahead."""

@@ -6,10 +6,12 @@ import copy
 
 import pytest
 import torch
+from stand_ins import assert_composes_and_resumes
 from torch import nn
 
-from plasticity_rl.methods import ReDo
+from plasticity_rl.methods import ReDo, ReGraMa
 from plasticity_rl.nn import build_mlp
+from plasticity_rl.registry import ConfigError
 
 CONSTANT_ACTIVATIONS = [0.0, 0.05, 1.0, 2.0]
 
@@ -82,3 +84,44 @@ def test_step_count_is_restored_from_the_state_dict():
     resumed.load_state_dict(state)
     _step(twin, twin_optimizer)
     assert resumed.stats() == {"hidden1/resets": 2.0}
+
+
+def test_regrama_resets_the_units_whose_incoming_gradient_is_small():
+    # 3 -> 4 -> 2, all hidden units active (bias 1, small weights); the outgoing columns
+    # scale how much gradient reaches each unit: column 0 zero (no gradient at all), column 1
+    # tiny, columns 2 and 3 ordinary.
+    torch.manual_seed(0)
+    net = build_mlp(3, [4], 2)
+    with torch.no_grad():
+        net.hidden[0].weight.mul_(0.01)
+        net.hidden[0].bias.fill_(1.0)
+        net.output.weight.copy_(torch.tensor([[0.0, 1e-3, 1.0, -1.0], [0.0, 1e-3, 0.5, 2.0]]))
+    x, y = torch.rand(8, 3), torch.randn(8, 2)
+    # the GraMa score from its formula, on autograd's gradient of the incoming weight
+    probe = copy.deepcopy(net)
+    nn.functional.mse_loss(probe(x), y).backward()
+    row_magnitude = probe.hidden[0].weight.grad.abs().mean(dim=1)
+    score = row_magnitude / row_magnitude.mean()
+    expected = torch.nonzero(score <= 0.1).flatten().tolist()
+    assert expected == [0, 1]
+
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    regrama = ReGraMa(tau=0.1, period=1)
+    regrama.attach(net, optimizer)
+    optimizer.zero_grad()
+    nn.functional.mse_loss(net(x), y).backward()
+    optimizer.step()
+    assert regrama.stats() == {"hidden1/grama_resets": 2.0}
+    assert torch.all(net.output.weight[:, expected] == 0)
+    assert torch.all(net.hidden[0].bias[expected] == 0) and torch.all(net.hidden[0].bias[2:] == 1)
+
+
+def test_regrama_names_its_own_keys_and_asks_for_autograd():
+    with pytest.raises(ConfigError, match="regrama.tau: got -1"):
+        ReGraMa(tau=-1)
+    assert ReGraMa.needs_autograd and not ReDo.needs_autograd
+
+
+def test_regrama_composes_with_unit_resets_and_l2_and_resumes():
+    methods = assert_composes_and_resumes({"regrama": {"tau": 0.3, "period": 3}})
+    assert methods[0].state_dict()["steps"] == 24

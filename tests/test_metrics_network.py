@@ -15,6 +15,8 @@ from plasticity_rl.metrics import (
     dormancy_scores,
     dormant_ratio,
     effective_rank,
+    grama_dormant_fraction,
+    grama_scores,
     layer_health,
     srank,
     stable_rank,
@@ -155,6 +157,21 @@ def test_dormancy_scores_by_hand():
 )
 def test_dormant_ratio_by_hand(tau, expected):
     assert dormant_ratio(DORMANCY_H, tau) == pytest.approx(expected)
+
+
+# A layer's incoming weight gradient, one row per unit: mean_l |g_jl| = [1, 0, 2, 0.5],
+# layer mean 3.5 / 4 = 0.875, s = [1/0.875, 0, 2/0.875, 0.5/0.875] = [1.1429, 0, 2.2857, 0.5714]
+GRAMA_GRAD = torch.tensor([[1.0, -1.0], [0.0, 0.0], [2.0, 2.0], [0.5, -0.5]])
+
+
+def test_grama_scores_and_dormant_fraction_by_hand():
+    expected = torch.tensor([1.0, 0.0, 2.0, 0.5]) / 0.875
+    torch.testing.assert_close(grama_scores(GRAMA_GRAD), expected)
+    # two runs stacked: each normalised by its own layer mean (run 1: all zero -> all 0)
+    runs = torch.stack([GRAMA_GRAD, torch.zeros(4, 2)])
+    torch.testing.assert_close(grama_scores(runs), torch.stack([expected, torch.zeros(4)]))
+    assert grama_dormant_fraction(GRAMA_GRAD) == 0.25  # s <= 0: unit 1
+    assert grama_dormant_fraction(GRAMA_GRAD, tau=0.6) == 0.5  # units 1 and 3
 
 
 def test_activation_sparsity():

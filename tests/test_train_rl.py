@@ -122,6 +122,20 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, extra):
     assert any(tag.endswith("replacements") for tag in replaced)
 
 
+def test_a_run_with_plasticity_injection_resumes_its_grown_policy(tmp_path):
+    # 8 optimiser steps per update: the heads grow at step 10, before the cut at 24
+    run = [*CBP_RUN, "--agent", "ppo-plasticity-injection", "--logdir", str(tmp_path),
+           "--set", "method.plasticity_injection.at_optimizer_steps=[10]"]  # fmt: skip
+    assert main([*run, "--name", "whole"]) == 0
+    assert main([*run, "--name", "cut", "--total-steps", "768"]) == 0
+    assert "action_net.injection1.weight" in final_state(tmp_path / "cut")["policy"]
+    assert main(["--resume", str(tmp_path / "cut"), "--total-steps", "1536", "--no-progress"]) == 0
+    whole, resumed = final_state(tmp_path / "whole"), final_state(tmp_path / "cut")
+    assert_same_training_state(whole, resumed)
+    assert len(resumed["optimizer"]["param_groups"]) == 3  # a new group per head (pi, vf)
+    assert resumed["methods"]["plasticity_injection"] == {"steps": 48, "injections": 1}
+
+
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     cmd = [sys.executable, str(SCRIPT), *CBP_RUN, "--logdir", str(tmp_path), "--name", "killed"]
     cmd[cmd.index("1536")] = "100000"

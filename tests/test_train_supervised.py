@@ -6,6 +6,7 @@ import dataclasses
 import gzip
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -218,6 +219,43 @@ PERMUTED = ["--env", "permuted-mnist", "--agent", "relu-adam", "--set", "stream.
             "--set", "network.hidden_sizes=[16]", "--set", "train.batch_size=16"]  # fmt: skip
 ONLINE = ["--env", "online-permuted-mnist", "--agent", "cbp", "--set", "stream.kwargs.num_tasks=2",
           "--set", "network.hidden_sizes=[16,16]"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "reset_layers={every_optimizer_steps: 50}",
+        "plasticity_injection={at_optimizer_steps: [100]}",
+        "hare_tortoise={reset_every_optimizer_steps: 50}",
+        "regrama={}",
+        "self_normalized_resets={}",
+    ],
+)
+def test_the_reset_methods_run_from_the_command_line(method, tmp_path):
+    stream = ["stream.kwargs.total_examples=300", "stream.kwargs.bin_size=100"]
+    results = run(tmp_path, "r", "--env", "slowly-changing-regression", "--agent",
+                  "regression-bp", *sets([*stream, f"method.{method}"]))  # fmt: skip
+    assert results["steps"] == 300 and all(map(math.isfinite, results["squared_error_bins"]))
+
+
+def test_a_run_with_plasticity_injection_resumes_its_grown_network(tmp_path, mnist_dir):
+    # CBP + plasticity injection (autograd, as injection asks); the head grows at step 10,
+    # in the first task, and the run is cut after it
+    args = [*ONLINE, "--data-dir", str(mnist_dir),
+            "--set", "method.plasticity_injection={at_optimizer_steps: [10]}"]  # fmt: skip
+    whole = run(tmp_path, "whole", *args)
+    cut = [*args, "--logdir", str(tmp_path), "--name", "cut", *QUIET]
+    assert main([*cut, "--set", "train.stop_after_tasks=1"]) == 0
+    saved = torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=True)
+    assert "output.injection1.weight" in saved["model"]
+    resume = ["--resume", str(tmp_path / "cut"), "--set", "train.stop_after_tasks=null"]
+    assert main([*resume, "--no-progress"]) == 0
+    resumed = json.loads((tmp_path / "cut" / "results.json").read_text())
+    for key in ("accuracy_matrix", "online_accuracy", "steps", "final_plasticity"):
+        assert resumed.get(key) == whole.get(key), key
+    a = torch.load(tmp_path / "whole/checkpoints/latest.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_resume_continues_with_the_runs_own_seed(tmp_path, mnist_dir, capsys):

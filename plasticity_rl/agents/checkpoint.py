@@ -82,7 +82,9 @@ def _check(state: dict[str, Any], path: Path, model: PPO, methods: dict[str, Met
         count = len(envs) if isinstance(envs, list) else 0
         raise ConfigError("--resume", str(path), f"a checkpoint of {env.num_envs} env copies "
                           f"(env.n_envs of the run); it holds {count}")  # fmt: skip
-    check_state_dict("policy", state.get("policy"), model.policy.state_dict(), path)
+    check_state_dict(
+        "policy", state.get("policy"), model.policy.state_dict(), path, allow_extra=True
+    )  # fully once the methods have grown the network
     saved_methods = sorted(state.get("methods") or {})
     if saved_methods != sorted(methods):
         raise ConfigError("--resume", str(path), f"a checkpoint with the run's methods "
@@ -141,10 +143,13 @@ def load_checkpoint(path: Path, model: PPO, methods: dict[str, Method]) -> dict[
     """
     state = load_verified(path)
     _check(state, path, model, methods)
-    model.policy.load_state_dict(state["policy"])
-    model.policy.optimizer.load_state_dict(state["optimizer"])
+    # Methods first: one that grows the network (plasticity injection) rebuilds the saved
+    # shape and optimiser groups from its state, which the policy and optimiser states need.
     for name, method in methods.items():
         method.load_state_dict(state["methods"][name])
+    check_state_dict("policy", state.get("policy"), model.policy.state_dict(), path)
+    model.policy.load_state_dict(state["policy"])
+    model.policy.optimizer.load_state_dict(state["optimizer"])
     env = model.get_env()
     for i, snapshot in enumerate(state["envs"]):
         env.env_method("set_snapshot", snapshot, indices=[i])

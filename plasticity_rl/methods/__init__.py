@@ -11,16 +11,21 @@ from plasticity_rl.methods.base import (
     attach_methods,
     make_method,
     make_methods,
+    reset_layer,
     reset_units,
     resolve_hidden_layers,
 )
 from plasticity_rl.methods.continual_backprop import ContinualBackprop
 from plasticity_rl.methods.ewc import EWC
+from plasticity_rl.methods.hare_tortoise import HareTortoise
 from plasticity_rl.methods.mas import MAS
 from plasticity_rl.methods.neuronal_decay import NeuronalDecay
 from plasticity_rl.methods.penalty import QuadraticPenalty, SampledImportancePenalty
-from plasticity_rl.methods.redo import ReDo
+from plasticity_rl.methods.plasticity_injection import PlasticityInjection
+from plasticity_rl.methods.redo import ReDo, ReGraMa
 from plasticity_rl.methods.replay import Replay
+from plasticity_rl.methods.reset_layers import ResetLayers
+from plasticity_rl.methods.self_normalized_resets import SelfNormalizedResets
 from plasticity_rl.methods.shrink_and_perturb import ShrinkAndPerturb
 from plasticity_rl.methods.si import SI
 
@@ -28,20 +33,26 @@ __all__ = [
     "METHODS",
     "ContinualBackprop",
     "EWC",
+    "HareTortoise",
     "HiddenLayerMethod",
     "MAS",
     "Method",
     "MethodHandle",
     "NeuronalDecay",
+    "PlasticityInjection",
     "QuadraticPenalty",
     "ReDo",
+    "ReGraMa",
     "Replay",
+    "ResetLayers",
     "SI",
     "SampledImportancePenalty",
+    "SelfNormalizedResets",
     "ShrinkAndPerturb",
     "attach_methods",
     "make_method",
     "make_methods",
+    "reset_layer",
     "reset_units",
     "resolve_hidden_layers",
 ]

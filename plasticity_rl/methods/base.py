@@ -30,8 +30,10 @@ from torch.utils.hooks import RemovableHandle
 
 from plasticity_rl.nn.backprop import keeps_deferred_steps
 from plasticity_rl.nn.layers import (
+    BatchedLinear,
     layer_parameter,
     run_shape,
+    sample_bias,
     sample_weight,
     set_weight,
     with_run_dim,
@@ -76,8 +78,9 @@ class Method:
     uses_task_boundaries: bool = False
     """True if the method needs the supervised trainer's :meth:`on_batch` / :meth:`on_task_end`."""
     needs_autograd: bool = False
-    """True if the method hooks into autograd (tensor gradient hooks), so the trainer must not
-    use the hand-written backward (:mod:`plasticity_rl.nn.backprop`)."""
+    """True if the method needs autograd (tensor gradient hooks, a forward hook that adds
+    trained parameters, or reading ``.grad``, which the fused SGD step never writes), so the
+    trainer must not use the hand-written backward (:mod:`plasticity_rl.nn.backprop`)."""
 
     def __init__(self) -> None:
         self._attached = False
@@ -220,13 +223,46 @@ def resolve_hidden_layers(model: Model) -> list[HiddenLayer]:
 
 def linear_layers(model: Model) -> list[nn.Linear]:
     """Every distinct ``nn.Linear`` of ``model``, in registration order."""
+    found = {id(layer): layer for layers in network_linear_layers(model) for layer in layers}
+    return list(found.values())
+
+
+def network_roots(model: Model) -> list[list[nn.Module]]:
+    """The modules of each network of ``model``: one list for one network, one per network
+    of a mapping (a network given as a module is a list of one)."""
     networks = model.values() if isinstance(model, Mapping) else [model]
-    roots = [m for net in networks for m in (net if isinstance(net, Sequence) else [net])]
-    found: dict[int, nn.Linear] = {}
-    for root in roots:
-        for module in root.modules():
-            if isinstance(module, nn.Linear):
-                found.setdefault(id(module), module)
+    return [list(net) if isinstance(net, Sequence) else [net] for net in networks]
+
+
+def is_batched(model: Model) -> bool:
+    """Whether ``model`` holds batched runs (a :class:`~plasticity_rl.nn.layers.BatchedLinear`)."""
+    return any(isinstance(layer, BatchedLinear) for layers in network_linear_layers(model)
+               for layer in layers)  # fmt: skip
+
+
+def network_linear_layers(model: Model) -> list[list[nn.Linear]]:
+    """The ``nn.Linear`` layers of each network of ``model`` in registration (forward) order:
+    one list for one network, one per network of a mapping (so ``[-1]`` is a network's output
+    layer)."""
+    per_network = []
+    for roots in network_roots(model):
+        found: dict[int, nn.Linear] = {}
+        for root in roots:
+            for module in root.modules():
+                if isinstance(module, nn.Linear):
+                    found.setdefault(id(module), module)
+        per_network.append(list(found.values()))
+    return per_network
+
+
+def model_parameters(model: Model) -> list[nn.Parameter]:
+    """Every distinct trainable parameter of ``model``'s networks, in registration order."""
+    found: dict[int, nn.Parameter] = {}
+    for roots in network_roots(model):
+        for root in roots:
+            for p in root.parameters():
+                if p.requires_grad:
+                    found.setdefault(id(p), p)
     return list(found.values())
 
 
@@ -391,3 +427,24 @@ def reset_units(
     if incoming.bias is not None:
         reset_optimizer_state(optimizer, incoming.bias, units, 0, optimizer_state)
     reset_optimizer_state(optimizer, layer_parameter(outgoing), units, 1, optimizer_state)
+
+
+def reset_layer(
+    layer: nn.Linear, optimizer: torch.optim.Optimizer, optimizer_state: str = "zero_moments"
+) -> None:
+    """Re-initialise all of ``layer``: weight drawn from its init distribution
+    (:func:`~plasticity_rl.nn.layers.sample_weight`, each batched run from its own generator),
+    bias as a new layer's (:func:`~plasticity_rl.nn.layers.sample_bias`), and
+    ``optimizer_state`` (:data:`plasticity_rl.optim.state.OPTIMIZER_STATE_RESETS`) applied to
+    every row of both. The whole-layer counterpart of :func:`reset_units` (reset_layers,
+    Nikishin et al. 2022)."""
+    every_row = torch.ones(*run_shape(layer), layer.out_features, dtype=torch.bool)
+    with torch.no_grad():
+        set_weight(layer, every_row, sample_weight(layer), dim=0)
+        if hasattr(layer, "project_"):
+            layer.project_()
+        if layer.bias is not None:
+            layer.bias.copy_(sample_bias(layer))
+    reset_optimizer_state(optimizer, layer_parameter(layer), every_row, 0, optimizer_state)
+    if layer.bias is not None:
+        reset_optimizer_state(optimizer, layer.bias, every_row, 0, optimizer_state)

@@ -1,4 +1,4 @@
-"""ReDo: periodically recycle dormant hidden units.
+"""ReDo: periodically recycle dormant hidden units; ReGraMa: the same, scored by gradients.
 
 Sokar et al. 2023, "The Dormant Neuron Phenomenon in Deep Reinforcement Learning". Every
 ``period`` optimiser steps, for each hidden layer with activations h (batch x units) from the
@@ -11,6 +11,12 @@ metric) get fresh incoming weights and zero outgoing weights
 (:func:`~plasticity_rl.methods.base.reset_units`); in a batched network each run scores and
 resets its own units. Dohare et al. 2024 run it on PPO with
 tau = 0.1 and a period of 100 optimiser steps, the defaults here.
+
+ReGraMa (Liu et al. 2025, "Measure gradients not activations! Enhancing neuronal activity in
+deep reinforcement learning") is ReDo with the score computed from the gradient of the unit's
+incoming weights at that step, s_j = mean_l |g_jl| / ((1/n_units) sum_k mean_l |g_kl|)
+(:func:`plasticity_rl.metrics.network.grama_scores`): a unit is dormant when it stops
+learning, whatever its activation. Only :meth:`ReDo._scores` differs.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from plasticity_rl.methods.base import (
     check_number,
     reset_units,
 )
-from plasticity_rl.metrics.network import dormancy_scores
-from plasticity_rl.nn.layers import run_shape
+from plasticity_rl.metrics.network import dormancy_scores, grama_scores
+from plasticity_rl.nn.layers import layer_parameter, run_shape
+from plasticity_rl.nn.mlp import HiddenLayer
 from plasticity_rl.optim.state import check_optimizer_state_mode
 
 
@@ -44,12 +51,14 @@ class ReDo(HiddenLayerMethod):
     """
 
     counter = "resets"
+    name = "redo"
+    """The registered name, the prefix of configuration errors."""
 
     def __init__(self, tau: float = 0.1, period: int = 100, optimizer_state: str = "zero_moments"):
         super().__init__()
-        self.tau = check_number(tau, "redo.tau", lambda v: v >= 0, "a number >= 0")
-        self.period = check_count(period, "redo.period", 1)
-        check_optimizer_state_mode(optimizer_state, "redo.optimizer_state")
+        self.tau = check_number(tau, f"{self.name}.tau", lambda v: v >= 0, "a number >= 0")
+        self.period = check_count(period, f"{self.name}.period", 1)
+        check_optimizer_state_mode(optimizer_state, f"{self.name}.optimizer_state")
         self.optimizer_state = optimizer_state
         self.steps = 0
         """Optimiser steps since attach."""
@@ -59,14 +68,22 @@ class ReDo(HiddenLayerMethod):
         if self.steps % self.period != 0:
             return
         for layer in self.layers:
-            if layer.name not in activations:
+            scores = self._scores(layer, activations)
+            if scores is None:
                 continue
-            runs = run_shape(layer.incoming)  # a batched layer: every run scores its own units
-            h = activations[layer.name].reshape(*runs, -1, layer.width)
-            units = dormancy_scores(h, run_dims=len(runs)) <= self.tau
+            units = scores <= self.tau
             if units.any():
                 reset_units(layer, units, self.optimizer, self.optimizer_state)
                 self._counts[layer.name] += units.sum(-1)
+
+    def _scores(self, layer: HiddenLayer, activations: dict[str, Tensor]) -> Tensor | None:
+        """Each unit's dormancy score, with the layer's run dims (a batched layer: every run
+        scores its own units); None when the layer has nothing to score this step."""
+        if layer.name not in activations:
+            return None
+        runs = run_shape(layer.incoming)
+        h = activations[layer.name].reshape(*runs, -1, layer.width)
+        return dormancy_scores(h, run_dims=len(runs))
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "steps": self.steps}
@@ -74,3 +91,22 @@ class ReDo(HiddenLayerMethod):
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         super().load_state_dict(state)
         self.steps = int(state["steps"])
+
+
+@METHODS.register("regrama")
+class ReGraMa(ReDo):
+    """ReDo with GraMa scores: reset units whose incoming-weight gradient magnitude, relative
+    to the layer's mean, is <= tau (Liu et al. 2025; see module doc). Same arguments and
+    defaults as :class:`ReDo`.
+
+    It reads each incoming weight's ``.grad`` after the optimiser step, which the fused SGD
+    step of the hand-written backward never materialises, so it asks for autograd.
+    """
+
+    name = "regrama"
+    counter = "grama_resets"
+    needs_autograd = True
+
+    def _scores(self, layer: HiddenLayer, activations: dict[str, Tensor]) -> Tensor | None:
+        grad = layer_parameter(layer.incoming).grad
+        return None if grad is None else grama_scores(grad)

@@ -69,9 +69,36 @@ def dormancy_scores(h: Tensor, run_dims: int = 0) -> Tensor:
     each scored on its own: ``s`` is then ``(*h.shape[:r], n_units)``.
     """
     rows = h.detach().reshape(*h.shape[:run_dims], -1, h.shape[-1])
-    mean_abs = rows.abs().mean(dim=-2)
-    layer_mean = mean_abs.mean(dim=-1, keepdim=True)
-    return torch.where(layer_mean > 0, mean_abs / layer_mean, torch.zeros_like(mean_abs))
+    return _normalised_by_layer_mean(rows.abs().mean(dim=-2))
+
+
+def _normalised_by_layer_mean(magnitude: Tensor) -> Tensor:
+    """m_j / ((1/n_units) sum_k m_k) over the last dim; all zeros where the layer sum is 0."""
+    layer_mean = magnitude.mean(dim=-1, keepdim=True)
+    return torch.where(layer_mean > 0, magnitude / layer_mean, torch.zeros_like(magnitude))
+
+
+def grama_scores(weight_grad: Tensor) -> Tensor:
+    """GraMa, the gradient-magnitude unit scores of Liu et al. 2025 ("Measure gradients not
+    activations! Enhancing neuronal activity in deep reinforcement learning"):
+
+        s_j = mean_l |g_jl| / ((1/n_units) sum_k mean_l |g_kl|)
+
+    with g = dL/dW the gradient of the layer's incoming weight, ``(n_units, n_inputs)``: unit
+    j's row is the gradient of its incoming weights. As :func:`dormancy_scores`, but on the
+    gradient instead of the activations, so it also flags units that still fire but no
+    longer learn (tanh, leaky ReLU, saturated units). If the whole gradient is zero every
+    score is 0. Leading dims before ``(n_units, n_inputs)`` are independent runs (a batched
+    weight ``(S, n_units, n_inputs)`` gives ``(S, n_units)``), each scored on its own.
+    """
+    return _normalised_by_layer_mean(weight_grad.detach().abs().mean(dim=-1))
+
+
+def grama_dormant_fraction(weight_grad: Tensor, tau: float = 0.0) -> float:
+    """Fraction of gradient-dormant units, s_j <= tau with s from :func:`grama_scores`
+    (Liu et al. 2025, GraMa); ``weight_grad`` is a layer's incoming weight gradient
+    ``(n_units, n_inputs)``."""
+    return (grama_scores(weight_grad) <= tau).float().mean().item()
 
 
 def dormant_ratio(h: Tensor, tau: float = 0.0) -> float:

@@ -141,6 +141,19 @@ def sample_weight(layer: nn.Linear, runs: Tensor | None = None) -> Tensor:
     return weight
 
 
+def sample_bias(layer: nn.Linear) -> Tensor:
+    """A fresh bias as :func:`make_linear` gives a new layer: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    (PyTorch's ``nn.Linear`` init) for the ``default`` scheme, zero for every other scheme,
+    clamped to >= 0 for a :class:`NonNegLinear`. ``(S, out)`` for a :class:`BatchedLinear`,
+    each run drawn from its own generator (:func:`run_generators`)."""
+    bias = torch.zeros(*run_shape(layer), layer.out_features, device=layer_parameter(layer).device)
+    if getattr(layer, "init_scheme", "default") == "default":
+        bound = 1.0 / math.sqrt(layer.in_features)
+        for b, generator in zip(with_run_dim(bias, layer), run_generators(layer), strict=True):
+            b.uniform_(-bound, bound, generator=generator)
+    return bias.clamp_min(0.0) if isinstance(layer, NonNegLinear) else bias
+
+
 def sample_normal(layer: nn.Linear, like: Tensor) -> Tensor:
     """N(0, 1) noise shaped like ``like`` (a tensor of ``layer``, with the layer's run dims).
 

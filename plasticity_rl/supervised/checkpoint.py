@@ -47,16 +47,34 @@ def run_checkpoint(learner: Learner, run: int, progress: dict[str, Any]) -> dict
 
 def _verified(path: Path, model_state: dict[str, Any], methods: dict[str, Method]) -> dict:
     """The checkpoint at ``path``, refused (``ConfigError``) unless it fits the run: its keys,
-    its network's tensor shapes and its methods."""
+    its network's tensor shapes (tensors only it has are checked by :func:`_load_methods`,
+    once the methods have grown the network) and its methods."""
     state = load_verified(path)
     keys = ("model", "optimizer", "methods", "rng", "progress")
     if not all(key in state for key in keys):
         raise ConfigError("--resume", str(path), f"a supervised checkpoint (with {keys})")
-    check_state_dict("network", state["model"], model_state, path)
+    check_state_dict("network", state["model"], model_state, path, allow_extra=True)
     if sorted(state["methods"]) != sorted(methods):
         raise ConfigError("--resume", str(path), f"a checkpoint with the run's methods "
                           f"{sorted(methods)}; it has {sorted(state['methods'])}")  # fmt: skip
     return state
+
+
+def _load_methods(path: Path, states: Sequence[dict], model: nn.Module, learner_methods:
+                  dict[str, Method], batched: bool) -> None:  # fmt: skip
+    """Load the methods' states, then refuse a network of other shapes than the saved one.
+
+    Methods come first: one that grows the network (plasticity injection) rebuilds the saved
+    shape and optimiser groups from its state, which the network and optimiser states need.
+    """
+    for name, method in learner_methods.items():
+        if batched:
+            method.load_run_state_dicts([state["methods"][name] for state in states])
+        else:
+            method.load_state_dict(states[0]["methods"][name])
+    current = run_state_dict(model, 0) if batched else model.state_dict()
+    for state in states:
+        check_state_dict("network", state["model"], current, path)
 
 
 def _restore(path: Path, restore: Any) -> None:
@@ -64,6 +82,8 @@ def _restore(path: Path, restore: Any) -> None:
     checkpoint of another run."""
     try:
         restore()
+    except ConfigError:
+        raise
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else repr(err)
         raise ConfigError("--resume", str(path), f"a checkpoint of this run ({first})") from None
@@ -78,10 +98,9 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     state = _verified(path, model.state_dict(), methods)
 
     def restore() -> None:
+        _load_methods(path, [state], model, methods, batched=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        for name, method in methods.items():
-            method.load_state_dict(state["methods"][name])
         torch.set_rng_state(state["rng"]["torch"])
 
     _restore(path, restore)
@@ -105,10 +124,9 @@ def load_run_checkpoints(learner: Learner, paths: Sequence[Path]) -> list[dict[s
     require(steps == [steps[0]] * len(steps), "--resume", dirs, allowed)
 
     def restore() -> None:
+        _load_methods(paths[0], states, model, learner.methods, batched=True)
         model.load_state_dict(stack_run_state_dicts(model, [state["model"] for state in states]))
         load_run_optimizer_states(learner.optimizer, [state["optimizer"] for state in states])
-        for name, method in learner.methods.items():
-            method.load_run_state_dicts([state["methods"][name] for state in states])
         for generator, state in zip(learner.generators or [], states, strict=True):
             generator.set_state(state["rng"]["torch"])
 
