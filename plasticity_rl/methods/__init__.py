@@ -6,6 +6,7 @@ Importing this package registers every method in :data:`METHODS`.
 from plasticity_rl.methods.base import (
     METHODS,
     HiddenLayerMethod,
+    LinearLayerMethod,
     Method,
     MethodHandle,
     attach_methods,
@@ -14,31 +15,46 @@ from plasticity_rl.methods.base import (
     reset_units,
     resolve_hidden_layers,
 )
+from plasticity_rl.methods.c_chain import CChain
 from plasticity_rl.methods.continual_backprop import ContinualBackprop
 from plasticity_rl.methods.ewc import EWC
+from plasticity_rl.methods.l2_init import L2Init
 from plasticity_rl.methods.mas import MAS
 from plasticity_rl.methods.neuronal_decay import NeuronalDecay
-from plasticity_rl.methods.penalty import QuadraticPenalty, SampledImportancePenalty
+from plasticity_rl.methods.parseval import Parseval
+from plasticity_rl.methods.penalty import (
+    GradientPenalty,
+    QuadraticPenalty,
+    SampledImportancePenalty,
+)
 from plasticity_rl.methods.redo import ReDo
 from plasticity_rl.methods.replay import Replay
 from plasticity_rl.methods.shrink_and_perturb import ShrinkAndPerturb
 from plasticity_rl.methods.si import SI
+from plasticity_rl.methods.weight_constraints import NormalizeAndProject, WeightClipping
 
 __all__ = [
     "METHODS",
+    "CChain",
     "ContinualBackprop",
     "EWC",
+    "GradientPenalty",
     "HiddenLayerMethod",
+    "L2Init",
+    "LinearLayerMethod",
     "MAS",
     "Method",
     "MethodHandle",
     "NeuronalDecay",
+    "NormalizeAndProject",
+    "Parseval",
     "QuadraticPenalty",
     "ReDo",
     "Replay",
     "SI",
     "SampledImportancePenalty",
     "ShrinkAndPerturb",
+    "WeightClipping",
     "attach_methods",
     "make_method",
     "make_methods",
