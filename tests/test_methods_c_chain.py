@@ -40,7 +40,7 @@ def test_third_step_penalises_the_churn_of_the_second_on_the_reference_batch():
     training_step(net, optimizer)
     assert net.weight.flatten().tolist() == [0.0, 0.0]  # W_a -> W_b churn: not penalised
     set_weight(net, [1.0, 1.0])
-    assert method.stats()["penalty"] == pytest.approx(0.25)
+    assert method.stats()["c_chain/penalty"] == pytest.approx(0.25)
     training_step(net, optimizer)
     assert net.weight.flatten().tolist() == pytest.approx([0.9, 0.6])
     assert method.state_dict()["steps"] == 3
@@ -61,7 +61,7 @@ def test_only_training_forwards_set_the_reference_batch():
     net(torch.full((3, 2), 7.0))  # an evaluation pass with grad
     net.train()
     # still the churn on X: outputs [1, 2] vs the remembered W = 0: mean(1, 4)
-    assert method.stats()["penalty"] == pytest.approx(2.5)
+    assert method.stats()["c_chain/penalty"] == pytest.approx(2.5)
 
 
 def test_only_the_named_networks_are_penalised():
@@ -78,7 +78,7 @@ def test_only_the_named_networks_are_penalised():
         out = nets["pi"].output(nets["pi"].hidden(X)) + nets["vf"].output(nets["vf"].hidden(X))
         out.sum().backward()
         optimizer.step()
-    assert method.stats()["penalty"] > 0
+    assert method.stats()["c_chain/penalty"] > 0
     with pytest.raises(ConfigError, match=r"c_chain.networks: got \['q'\]; allowed: null or "
                                           r"names among \['pi', 'vf'\]"):  # fmt: skip
         make_method("c_chain", networks=["q"]).attach(nets, optimizer)

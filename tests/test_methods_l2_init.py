@@ -28,7 +28,7 @@ def test_one_step_pulls_every_parameter_toward_its_value_at_attach():
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[2.0, 0.0]]))
         layer.bias.fill_(1.0)
-    assert method.stats() == {"penalty": pytest.approx(0.75)}
+    assert method.stats() == {"l2_init/penalty": pytest.approx(0.75)}
     layer.weight.grad = torch.tensor([[1.0, 2.0]])
     layer.bias.grad = torch.tensor([3.0])
     optimizer.step()

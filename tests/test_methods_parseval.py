@@ -30,7 +30,7 @@ def test_penalty_and_gradient_on_a_two_unit_layer(reference_width, factor):
     optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
     method = Parseval(coefficient=0.5, scale=1.0, reference_width=reference_width)
     method.attach(net, optimizer)
-    assert method.stats()["penalty"] == pytest.approx(12.0 * factor)
+    assert method.stats()["parseval/penalty"] == pytest.approx(12.0 * factor)
     optimizer.step()
     expected = torch.tensor(W) - factor * torch.tensor([[8.0, 20.0], [4.0, 8.0]])
     torch.testing.assert_close(net.hidden[0].weight.detach(), expected)
@@ -42,7 +42,7 @@ def test_an_orthogonal_weight_with_the_matching_scale_feels_no_penalty():
     net = net_with_hidden_weight([[1.0, 1.0], [1.0, -1.0]])
     method = make_method("parseval")
     method.attach(net, torch.optim.SGD(net.parameters(), lr=1.0))
-    assert method.stats()["penalty"] == 0.0
+    assert method.stats()["parseval/penalty"] == 0.0
 
 
 def test_batched_runs_sum_their_own_penalties():
@@ -54,10 +54,10 @@ def test_batched_runs_sum_their_own_penalties():
         single.load_state_dict({k: v[s] for k, v in batched.state_dict().items()})
         method = Parseval()
         method.attach(single, torch.optim.SGD(single.parameters(), lr=1.0))
-        total += method.stats()["penalty"]
+        total += method.stats()["parseval/penalty"]
     method = Parseval()
     method.attach(batched, torch.optim.SGD(batched.parameters(), lr=1.0))
-    assert method.stats()["penalty"] == pytest.approx(total, rel=1e-5)
+    assert method.stats()["parseval/penalty"] == pytest.approx(total, rel=1e-5)
 
 
 @pytest.mark.parametrize(("key", "value"), [("scale", 0), ("coefficient", -1),

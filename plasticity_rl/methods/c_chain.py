@@ -164,8 +164,8 @@ class CChain(GradientPenalty):
     def _run_shaped(self) -> dict[str, Any]:
         if not self._batched:
             return {}
-        return {"previous": {net: dict.fromkeys(params, True)
-                             for net, params in self.previous.items()}}  # fmt: skip
+        return {"previous": {net: {k: True for k, _ in module.named_parameters()}
+                             for net, module in self.nets.items()}}  # fmt: skip
 
 
 def _as_module(roots: list[nn.Module]) -> nn.Module:

@@ -68,7 +68,7 @@ class GradientPenalty(Method):
     Subclasses choose the penalised tensors (:meth:`_penalised`, called at attach) and give
     the gradient: either :meth:`penalty_gradients` in closed form, or a differentiable
     :meth:`penalty_value` whose autograd gradient the default :meth:`penalty_gradients`
-    takes. :meth:`stats` reports ``penalty``, the value R(theta) now.
+    takes. :meth:`stats` reports ``<name>/penalty``, the value R(theta) now.
 
     Args:
         name: the method's registry name, used in config error keys.
@@ -123,8 +123,9 @@ class GradientPenalty(Method):
                 p.grad.add_(gradient)
 
     def stats(self) -> dict[str, float]:
-        """``penalty``: the current :meth:`penalty` value."""
-        return {"penalty": self.penalty()}
+        """``<name>/penalty``: the current :meth:`penalty` value (named per method, so that
+        several penalties can be logged together)."""
+        return {f"{self.name}/penalty": self.penalty()}
 
     def _matching_tensors(self, tensors: list[Tensor], key: str) -> list[Tensor]:
         """``tensors`` moved to the parameters' devices; empty, or shaped like :attr:`params`."""
