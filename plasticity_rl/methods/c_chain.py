@@ -30,12 +30,15 @@ counters paused (:func:`~plasticity_rl.methods.penalty.evaluation_forwards`), so
 state, draw no dropout noise and are not recorded by other methods.
 
 Default lambda = 100: the authors' code starts its coefficient at 100 and keeps it for the
-first 49 rollouts; it then sets it every rollout to
+first 50 rollouts of each task; it then sets it after every rollout to
 ``target_rel_loss_scale * mean|policy loss| / mean(churn loss)`` over the last 100 rollouts
 (0.05 on Continual DMC). That adaptive coefficient needs the PPO policy loss, which a method
-does not see; it is not implemented, lambda stays fixed. Their loss is also clipped together
-with the PPO loss (``max_grad_norm``), which the SB3 loop here does before the penalty
-gradient is added.
+does not see; it is not implemented, lambda stays fixed. Two more differences: their code
+restarts its parameter history (and the coefficient) at each task switch, which a method does
+not see either, so here the penalty runs on across shifts; and their penalty is clipped
+together with the PPO loss (``max_grad_norm``), which the SB3 loop here does before the
+penalty gradient is added. lambda = 100 is meant for Adam, the authors' optimiser: with plain
+SGD, lambda times the step size must stay well below 1 or the penalty overshoots.
 """
 
 from __future__ import annotations
