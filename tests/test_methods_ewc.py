@@ -133,7 +133,7 @@ def test_penalty_is_zero_and_training_bit_identical_before_the_first_task_end():
     ewc.attach(net, optimizer)
     _train(net, optimizer, 5)
     _train(plain, torch.optim.Adam(plain.parameters(), lr=1e-2), 5)
-    assert ewc.penalty() == 0.0 and ewc.stats() == {"penalty": 0.0}
+    assert ewc.penalty() == 0.0 and ewc.stats() == {"ewc/penalty": 0.0}
     for p, q in zip(net.parameters(), plain.parameters(), strict=True):
         assert torch.equal(p, q)
 

@@ -173,7 +173,7 @@ OK = ["--env", "hopper-friction", "--agent", "ppo"]
         ([*OK, "--set", "ppo.n_stepz=3"], r"ppo.n_stepz: got '3'; allowed: .*n_steps"),
         ([*OK, "--set", "ppo.n_steps=0"], r"ppo.n_steps: got 0; allowed: an integer >= 1"),
         ([*OK, "--set", "ppo.gamma=high"], r"ppo.gamma: got 'high'"),
-        ([*OK, "--set", "method.cbp={}"], r"method: got 'cbp'; allowed: continual_backprop"),
+        ([*OK, "--set", "method.cbp={}"], r"method: got 'cbp'; allowed: .*continual_backprop"),
         ([*OK, "--set", "optimizer.name=adamw"], r"optimizer: got 'adamw'; allowed: adagrad, adam"),
         ([*OK, "--set", "policy_net.activation=relux"], r"activation: got 'relux'"),
         ([*OK, "--set", "ppo.n_steps"], r"--set: got 'ppo.n_steps'; allowed: key=value"),

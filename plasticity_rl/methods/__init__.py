@@ -6,6 +6,7 @@ Importing this package registers every method in :data:`METHODS`.
 from plasticity_rl.methods.base import (
     METHODS,
     HiddenLayerMethod,
+    LinearLayerMethod,
     Method,
     MethodHandle,
     attach_methods,
@@ -15,12 +16,19 @@ from plasticity_rl.methods.base import (
     reset_units,
     resolve_hidden_layers,
 )
+from plasticity_rl.methods.c_chain import CChain
 from plasticity_rl.methods.continual_backprop import ContinualBackprop
 from plasticity_rl.methods.ewc import EWC
 from plasticity_rl.methods.hare_tortoise import HareTortoise
+from plasticity_rl.methods.l2_init import L2Init
 from plasticity_rl.methods.mas import MAS
 from plasticity_rl.methods.neuronal_decay import NeuronalDecay
-from plasticity_rl.methods.penalty import QuadraticPenalty, SampledImportancePenalty
+from plasticity_rl.methods.parseval import Parseval
+from plasticity_rl.methods.penalty import (
+    GradientPenalty,
+    QuadraticPenalty,
+    SampledImportancePenalty,
+)
 from plasticity_rl.methods.plasticity_injection import PlasticityInjection
 from plasticity_rl.methods.redo import ReDo, ReGraMa
 from plasticity_rl.methods.replay import Replay
@@ -28,17 +36,24 @@ from plasticity_rl.methods.reset_layers import ResetLayers
 from plasticity_rl.methods.self_normalized_resets import SelfNormalizedResets
 from plasticity_rl.methods.shrink_and_perturb import ShrinkAndPerturb
 from plasticity_rl.methods.si import SI
+from plasticity_rl.methods.weight_constraints import NormalizeAndProject, WeightClipping
 
 __all__ = [
     "METHODS",
+    "CChain",
     "ContinualBackprop",
     "EWC",
+    "GradientPenalty",
     "HareTortoise",
     "HiddenLayerMethod",
+    "L2Init",
+    "LinearLayerMethod",
     "MAS",
     "Method",
     "MethodHandle",
     "NeuronalDecay",
+    "NormalizeAndProject",
+    "Parseval",
     "PlasticityInjection",
     "QuadraticPenalty",
     "ReDo",
@@ -49,6 +64,7 @@ __all__ = [
     "SampledImportancePenalty",
     "SelfNormalizedResets",
     "ShrinkAndPerturb",
+    "WeightClipping",
     "attach_methods",
     "make_method",
     "make_methods",

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
 from plasticity_rl.nn.backprop import keeps_deferred_steps
 from plasticity_rl.nn.layers import (
-    BatchedLinear,
     layer_parameter,
     run_shape,
     sample_bias,
@@ -128,11 +128,12 @@ class Method:
         return [dict(stats) for _ in range(runs)]
 
     def run_state_dict(self, run: int) -> dict[str, Any]:
-        """:meth:`state_dict` of run ``run`` of a batched model, as a single run would save it.
+        """:meth:`state_dict` of run ``run`` of a batched model, as a single run would save it:
+        the entries that :meth:`_run_shaped` marks are taken at index ``run``.
 
         Methods that keep no per-run state return :meth:`state_dict`.
         """
-        return self.state_dict()
+        return _state_of_run(self.state_dict(), self._run_shaped(), run)
 
     def load_run_state_dicts(self, states: Sequence[Mapping[str, Any]]) -> None:
         """Load run s's single-run state ``states[s]`` into this batched method: the inverse
@@ -140,7 +141,8 @@ class Method:
         self.load_state_dict(_stack_runs(states, self._run_shaped()))
 
     def _run_shaped(self) -> Any:
-        """Which entries of :meth:`state_dict` carry a leading run dim (True), as a tree."""
+        """Which entries of :meth:`state_dict` carry a leading run dim (True), as a tree
+        (none unless overridden; a single-run model has none)."""
         return {}
 
 
@@ -221,23 +223,11 @@ def resolve_hidden_layers(model: Model) -> list[HiddenLayer]:
     return layers
 
 
-def linear_layers(model: Model) -> list[nn.Linear]:
-    """Every distinct ``nn.Linear`` of ``model``, in registration order."""
-    found = {id(layer): layer for layers in network_linear_layers(model) for layer in layers}
-    return list(found.values())
-
-
 def network_roots(model: Model) -> list[list[nn.Module]]:
     """The modules of each network of ``model``: one list for one network, one per network
     of a mapping (a network given as a module is a list of one)."""
     networks = model.values() if isinstance(model, Mapping) else [model]
     return [list(net) if isinstance(net, Sequence) else [net] for net in networks]
-
-
-def is_batched(model: Model) -> bool:
-    """Whether ``model`` holds batched runs (a :class:`~plasticity_rl.nn.layers.BatchedLinear`)."""
-    return any(isinstance(layer, BatchedLinear) for layers in network_linear_layers(model)
-               for layer in layers)  # fmt: skip
 
 
 def network_linear_layers(model: Model) -> list[list[nn.Linear]]:
@@ -255,15 +245,33 @@ def network_linear_layers(model: Model) -> list[list[nn.Linear]]:
     return per_network
 
 
-def model_parameters(model: Model) -> list[nn.Parameter]:
+def linear_layers(model: Model, output_layers: bool = True) -> list[nn.Linear]:
+    """Every distinct ``nn.Linear`` of ``model``, in registration order.
+
+    With ``output_layers=False`` the last linear layer of each network (its output layer)
+    is left out.
+    """
+    found: dict[int, nn.Linear] = {}
+    for layers in network_linear_layers(model):
+        for layer in layers if output_layers else layers[:-1]:
+            found.setdefault(id(layer), layer)
+    return list(found.values())
+
+
+def model_parameters(model: Model) -> list[Tensor]:
     """Every distinct trainable parameter of ``model``'s networks, in registration order."""
-    found: dict[int, nn.Parameter] = {}
+    found: dict[int, Tensor] = {}
     for roots in network_roots(model):
         for root in roots:
             for p in root.parameters():
                 if p.requires_grad:
                     found.setdefault(id(p), p)
     return list(found.values())
+
+
+def is_batched(model: Model) -> bool:
+    """Whether ``model`` holds batched runs (:class:`~plasticity_rl.nn.layers.BatchedLinear`)."""
+    return any(run_shape(layer) for layer in linear_layers(model))
 
 
 def on_training_forward(
@@ -283,6 +291,64 @@ def on_training_forward(
         return hook
 
     return [layer.activation.register_forward_hook(hook_for(layer)) for layer in layers]
+
+
+class LinearLayerMethod(Method):
+    """A method that changes linear layers' parameters after optimiser steps: shrink and
+    perturb, weight clipping, normalize-and-project.
+
+    After every ``every_optimizer_steps``-th optimiser step (a step post-hook; the step count
+    :attr:`steps` is the method's state) :meth:`_apply` runs on each layer of :attr:`layers`,
+    the layers :meth:`_select_layers` picks at attach, under ``torch.no_grad()``.
+
+    Args:
+        every_optimizer_steps: act after every this many optimiser steps.
+        name: the method's registry name, used in config error keys.
+    """
+
+    def __init__(self, every_optimizer_steps: int, name: str):
+        super().__init__()
+        self.name = name
+        self.every_optimizer_steps = check_count(
+            every_optimizer_steps, f"{name}.every_optimizer_steps", 1
+        )
+        self.layers: list[nn.Linear] = []
+        self.steps = 0
+        """Optimiser steps since attach."""
+
+    def _attach(self, model: Model, optimizer: torch.optim.Optimizer) -> list[RemovableHandle]:
+        self.layers = self._select_layers(model)
+        return [optimizer.register_step_post_hook(self._after_step)]
+
+    def _select_layers(self, model: Model) -> list[nn.Linear]:
+        """The layers to act on: every ``nn.Linear`` of the model unless overridden."""
+        return linear_layers(model)
+
+    def _after_step(self, *_: Any) -> None:
+        self.steps += 1
+        if self.steps % self.every_optimizer_steps != 0:
+            return
+        with torch.no_grad():
+            for layer in self.layers:
+                self._apply(layer)
+
+    def _apply(self, layer: nn.Linear) -> None:
+        """Change ``layer``'s trainable tensors in place (gradients are off)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.steps = int(state["steps"])
+
+
+def refuse_parametrized(layers: Iterable[nn.Linear], key: str) -> None:
+    """``ConfigError`` at ``key`` if a layer's weight is parametrized (weight norm, Powerprop):
+    a method whose formula is about the weight itself cannot act on the stored tensor."""
+    for layer in layers:
+        require(not parametrize.is_parametrized(layer, "weight"), key, "a parametrized layer",
+                "plain linear layers (no weight norm or powerprop)")  # fmt: skip
 
 
 class HiddenLayerMethod(Method):
@@ -381,15 +447,22 @@ def _stack_runs(states: Sequence[Any], run_shaped: Any) -> Any:
     if isinstance(run_shaped, Mapping):
         return {k: _stack_runs([s[k] for s in states], run_shaped.get(k, False))
                 for k in states[0]}  # fmt: skip
+    if isinstance(run_shaped, list):
+        return [_stack_runs([s[i] for s in states], marked)
+                for i, marked in enumerate(run_shaped)]  # fmt: skip
     return states[0]
 
 
 def _state_of_run(state: Any, run_shaped: Any, run: int) -> Any:
-    """``state`` with every entry marked True in ``run_shaped`` taken at index ``run``."""
+    """``state`` with every entry marked True in ``run_shaped`` taken at index ``run`` (a
+    mapping marks its entries by key, a list by position; tensors are copied out)."""
     if run_shaped is True:
-        return state[run]
+        value = state[run]
+        return value.clone() if isinstance(value, Tensor) else value
     if isinstance(run_shaped, Mapping):
         return {k: _state_of_run(v, run_shaped.get(k, False), run) for k, v in state.items()}
+    if isinstance(run_shaped, list):
+        return [_state_of_run(v, marked, run) for v, marked in zip(state, run_shaped, strict=True)]
     return state
 
 

@@ -1,23 +1,36 @@
-"""Quadratic weight-consolidation penalties (EWC, MAS, SI) and the per-sample importances they use.
+"""Penalties added to the loss as gradients, and the weight-consolidation penalties (EWC, MAS,
+SI) with the per-sample importances they use.
 
-All three methods penalise moving the trainable parameters theta away from an anchor theta*:
+The one mechanism (:class:`GradientPenalty`): a method that adds a term R(theta) to the loss
+adds its gradient dR/dp to ``p.grad`` of every penalised tensor p in an optimiser step
+pre-hook, which is exactly what adding R to the loss would do, for any optimiser and without
+trainer cooperation (a parameter without a gradient gets the penalty gradient alone). The
+gradient is a closed form (:meth:`GradientPenalty.penalty_gradients`) or comes from autograd
+on a differentiable :meth:`GradientPenalty.penalty_value`. The hook runs where it was
+registered among the optimiser's step pre-hooks: after those the optimiser was built with
+(gradient-norm clipping, so the penalty gradient is not clipped; SB3 PPO clips inside its own
+loop, before the step, so there neither) and in attach order among the methods. Per-run
+learning rates of batched runs (:mod:`plasticity_rl.optim.runs`) scale the gradients in an
+earlier pre-hook and would miss the penalty, so they are refused with a gradient penalty.
+Users: L2 Init, Parseval regularisation, C-CHAIN and the quadratic penalties below.
+
+All three consolidation methods penalise moving the trainable parameters theta away from an
+anchor theta*:
 
     penalty = (strength / 2) * sum_i Omega_i (theta_i - theta*_i)^2
 
 with a per-parameter importance Omega that differs per method (each method's ``coefficient``
 keeps the meaning it has in its paper; the method maps it to ``strength``). The parameters are
 the tensors the optimiser holds (for a parametrized layer, the stored parameter behind the
-weight). The penalty's gradient ``strength * Omega * (theta - theta*)`` is added to ``p.grad`` in
-an optimiser step pre-hook, which is exactly what adding the penalty to the loss would do, for
-any optimiser and without trainer cooperation (a parameter without a gradient gets the penalty
-gradient alone). Before the first consolidation (the first task end) Omega is empty: the hook
-does nothing and training is bit-identical to training without the method; the same holds for
-``strength = 0``.
+weight); the gradient is ``strength * Omega * (theta - theta*)``. Before the first
+consolidation (the first task end) Omega is empty: the hook does nothing and training is
+bit-identical to training without the method; the same holds for ``strength = 0``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -49,30 +62,104 @@ def optimizer_parameters(optimizer: torch.optim.Optimizer) -> list[Tensor]:
     return list(found.values())
 
 
-class QuadraticPenalty(Method):
-    """(strength / 2) sum_i Omega_i (theta_i - theta*_i)^2 via an optimiser pre-hook (module doc).
+class GradientPenalty(Method):
+    """A term R(theta) added to the loss through its gradient in a step pre-hook (module doc).
 
-    Subclasses decide when and how :meth:`consolidate` is called.
+    Subclasses choose the penalised tensors (:meth:`_penalised`, called at attach) and give
+    the gradient: either :meth:`penalty_gradients` in closed form, or a differentiable
+    :meth:`penalty_value` whose autograd gradient the default :meth:`penalty_gradients`
+    takes. :meth:`stats` reports ``<name>/penalty``, the value R(theta) now.
+
+    Args:
+        name: the method's registry name, used in config error keys.
+    """
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+        self.params: list[Tensor] = []
+        """The penalised tensors, known after :meth:`attach`."""
+
+    def _attach(self, model: Model, optimizer: torch.optim.Optimizer) -> list[RemovableHandle]:
+        lrs = getattr(getattr(optimizer, "per_run_lr", None), "lrs", None)
+        require(lrs is None, "optimizer.lr", lrs,
+                f"one learning rate for all batched runs with method {self.name} (per-run "
+                "rates scale the gradients before its penalty gradient is added)")  # fmt: skip
+        self.params = self._penalised(model, optimizer)
+        return [optimizer.register_step_pre_hook(self._add_penalty_gradient)]
+
+    def _penalised(self, model: Model, optimizer: torch.optim.Optimizer) -> list[Tensor]:
+        """The tensors whose gradients get the penalty gradient."""
+        raise NotImplementedError
+
+    def penalty_value(self) -> Tensor | None:
+        """R(theta) as a differentiable function of :attr:`params`; None while inactive."""
+        raise NotImplementedError
+
+    def penalty_gradients(self) -> list[Tensor | None]:
+        """dR/dp for each tensor of :attr:`params` (None: no gradient), by autograd of
+        :meth:`penalty_value` unless a subclass gives the closed form."""
+        with torch.enable_grad():
+            value = self.penalty_value()
+            if value is None:
+                return [None] * len(self.params)
+            return list(torch.autograd.grad(value, self.params, allow_unused=True))
+
+    def penalty(self) -> float:
+        """R(theta) now (0 while inactive)."""
+        with torch.no_grad():
+            value = self.penalty_value()
+        return 0.0 if value is None else float(value)
+
+    @torch.no_grad()
+    def _add_penalty_gradient(self, *_: Any) -> None:
+        """p.grad += dR/dp for every penalised tensor (the step pre-hook)."""
+        for p, gradient in zip(self.params, self.penalty_gradients(), strict=True):
+            if gradient is None:
+                continue
+            if p.grad is None:
+                p.grad = gradient.detach().clone()
+            else:
+                p.grad.add_(gradient)
+
+    def stats(self) -> dict[str, float]:
+        """``<name>/penalty``: the current :meth:`penalty` value (named per method, so that
+        several penalties can be logged together)."""
+        return {f"{self.name}/penalty": self.penalty()}
+
+    def _matching_tensors(self, tensors: list[Tensor], key: str) -> list[Tensor]:
+        """``tensors`` moved to the parameters' devices; empty, or shaped like :attr:`params`."""
+        if not self._attached:
+            raise RuntimeError(f"attach {type(self).__name__} before load_state_dict")
+        if not tensors:
+            return []
+        shapes = [tuple(t.shape) for t in tensors]
+        if shapes != [tuple(p.shape) for p in self.params]:
+            raise KeyError(f"state {key!r} has shapes {shapes}, not those of the parameters")
+        return [t.to(p.device, p.dtype) for t, p in zip(tensors, self.params, strict=True)]
+
+
+class QuadraticPenalty(GradientPenalty):
+    """(strength / 2) sum_i Omega_i (theta_i - theta*_i)^2 on the optimiser's tensors
+    (module doc). Subclasses decide when and how :meth:`consolidate` is called.
 
     Args:
         strength: the factor in front of the penalty, >= 0 (already mapped from ``coefficient``).
+        name: the method's registry name.
     """
 
     uses_task_boundaries = True
 
-    def __init__(self, strength: float):
-        super().__init__()
+    def __init__(self, strength: float, name: str):
+        super().__init__(name)
         self.strength = strength
-        self.params: list[Tensor] = []
-        """The optimiser's trainable tensors, known after :meth:`attach`."""
         self.importance: list[Tensor] = []
         """Omega per tensor of :attr:`params`; empty before the first consolidation."""
         self.anchor: list[Tensor] = []
         """theta* per tensor of :attr:`params`; empty before the first consolidation."""
 
-    def _attach(self, model: Model, optimizer: torch.optim.Optimizer) -> list[RemovableHandle]:
-        self.params = optimizer_parameters(optimizer)
-        return [optimizer.register_step_pre_hook(self._add_penalty_gradient)]
+    def _penalised(self, model: Model, optimizer: torch.optim.Optimizer) -> list[Tensor]:
+        return optimizer_parameters(optimizer)
 
     def consolidate(self, importance: list[Tensor], accumulate: str) -> None:
         """Combine a task's importances with the earlier ones; anchor at the current parameters.
@@ -86,32 +173,25 @@ class QuadraticPenalty(Method):
         self.importance = [omega.detach().clone() for omega in importance]
         self.anchor = [p.detach().clone() for p in self.params]
 
-    def penalty(self) -> float:
-        """(strength / 2) sum_i Omega_i (theta_i - theta*_i)^2 now; 0 before consolidation."""
+    def penalty_value(self) -> Tensor | None:
+        """(strength / 2) sum_i Omega_i (theta_i - theta*_i)^2; None before consolidation."""
         if not self.importance:
-            return 0.0
-        with torch.no_grad():
-            total = sum(
-                (omega * (p - a).square()).sum().item()
-                for p, omega, a in zip(self.params, self.importance, self.anchor, strict=True)
-            )
-        return 0.5 * self.strength * float(total)
+            return None
+        total = sum(
+            (omega * (p - a).square()).sum()
+            for p, omega, a in zip(self.params, self.importance, self.anchor, strict=True)
+        )
+        return 0.5 * self.strength * total
 
-    @torch.no_grad()
-    def _add_penalty_gradient(self, *_: Any) -> None:
-        """p.grad += strength * Omega * (p - theta*) for every parameter (step pre-hook)."""
+    def penalty_gradients(self) -> list[Tensor | None]:
+        """strength * Omega * (p - theta*) per tensor; None before consolidation or with
+        strength 0 (training is then bit-identical to training without the method)."""
         if self.strength == 0 or not self.importance:
-            return
-        for p, omega, a in zip(self.params, self.importance, self.anchor, strict=True):
-            step = self.strength * omega * (p - a)
-            if p.grad is None:
-                p.grad = step
-            else:
-                p.grad.add_(step)
-
-    def stats(self) -> dict[str, float]:
-        """``penalty``: the current :meth:`penalty` value."""
-        return {"penalty": self.penalty()}
+            return [None] * len(self.params)
+        return [
+            self.strength * omega * (p.detach() - a)
+            for p, omega, a in zip(self.params, self.importance, self.anchor, strict=True)
+        ]
 
     def state_dict(self) -> dict[str, Any]:
         return {"importance": list(self.importance), "anchor": list(self.anchor)}
@@ -120,16 +200,21 @@ class QuadraticPenalty(Method):
         self.importance = self._matching_tensors(state["importance"], "importance")
         self.anchor = self._matching_tensors(state["anchor"], "anchor")
 
-    def _matching_tensors(self, tensors: list[Tensor], key: str) -> list[Tensor]:
-        """``tensors`` moved to the parameters' devices; empty, or shaped like :attr:`params`."""
-        if not self._attached:
-            raise RuntimeError(f"attach {type(self).__name__} before load_state_dict")
-        if not tensors:
-            return []
-        shapes = [tuple(t.shape) for t in tensors]
-        if shapes != [tuple(p.shape) for p in self.params]:
-            raise KeyError(f"state {key!r} has shapes {shapes}, not those of the parameters")
-        return [t.to(p.device, p.dtype) for t, p in zip(tensors, self.params, strict=True)]
+
+@contextmanager
+def evaluation_forwards(model: nn.Module) -> Iterator[None]:
+    """Inside, forwards of ``model`` are not the learner's own: every module is in eval mode
+    (no dropout; CBP's, ReDo's and C-CHAIN's records of training forwards skip them) and the
+    Top-K GABA counters are paused (:func:`~plasticity_rl.nn.sparse.activity_counters_paused`);
+    every module's mode is restored afterwards."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        with activity_counters_paused(model):
+            yield
+    finally:
+        for module, training in modes.items():
+            module.train(training)
 
 
 def per_sample_importance(
@@ -146,9 +231,7 @@ def per_sample_importance(
     a chunk of samples at a time (at most :data:`PER_SAMPLE_GRADIENT_ELEMENTS` gradient entries
     at once). Each sample goes through the model alone, as a batch of one: ``sample_value``
     gets its output of shape ``(1, n_outputs)`` and its target with a leading dim of 1, and
-    returns a scalar. The model is put in eval mode for the computation (no dropout) with its
-    Top-K GABA counters paused (:func:`~plasticity_rl.nn.sparse.activity_counters_paused`), and
-    every module's mode is restored afterwards; no ``.grad`` is touched.
+    returns a scalar. The forwards are :func:`evaluation_forwards`; no ``.grad`` is touched.
     Tensors of ``params`` that are not parameters of ``model`` get importance 0.
     """
     name_of = {id(p): name for name, p in model.named_parameters()}
@@ -162,19 +245,13 @@ def per_sample_importance(
     per_sample_gradients = vmap(grad(value), in_dims=(None, 0, 0))
     total = {name: torch.zeros_like(p) for name, p in theta.items()}
     chunk = max(1, PER_SAMPLE_GRADIENT_ELEMENTS // max(1, sum(p.numel() for p in theta.values())))
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        # torch.func.grad ignores the outer no_grad; other params stay out
-        with torch.no_grad(), activity_counters_paused(model):
-            for start in range(0, x.shape[0], chunk):
-                part = slice(start, start + chunk)
-                grads = per_sample_gradients(theta, x[part], y[part])
-                for name, g in grads.items():
-                    total[name] += importance_of(g).sum(0)
-    finally:
-        for module, training in modes.items():
-            module.train(training)
+    # torch.func.grad ignores the outer no_grad; other params stay out
+    with torch.no_grad(), evaluation_forwards(model):
+        for start in range(0, x.shape[0], chunk):
+            part = slice(start, start + chunk)
+            grads = per_sample_gradients(theta, x[part], y[part])
+            for name, g in grads.items():
+                total[name] += importance_of(g).sum(0)
     return [
         total[name] / x.shape[0] if name is not None else torch.zeros_like(p)
         for name, p in zip(names, params, strict=True)
@@ -204,7 +281,7 @@ class SampledImportancePenalty(QuadraticPenalty):
     """
 
     def __init__(self, strength: float, samples: int | None, accumulate: str, seed: int, name: str):
-        super().__init__(strength)
+        super().__init__(strength, name)
         if samples is not None:
             samples = check_count(samples, f"{name}.samples", 1)
         self.samples = samples

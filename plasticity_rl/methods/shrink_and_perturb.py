@@ -24,22 +24,12 @@ nothing (no RNG draw either), so training is bit-identical to training without i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from functools import partial
-from typing import Any
 
-import torch
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
-from plasticity_rl.methods.base import (
-    METHODS,
-    Method,
-    Model,
-    check_count,
-    check_number,
-    linear_layers,
-)
+from plasticity_rl.methods.base import METHODS, LinearLayerMethod, check_number
 from plasticity_rl.nn.layers import layer_parameter, sample_normal, sample_weight
 from plasticity_rl.registry import require
 
@@ -48,7 +38,7 @@ NOISE_KINDS = ("gaussian", "init")
 
 
 @METHODS.register("shrink_and_perturb")
-class ShrinkAndPerturb(Method):
+class ShrinkAndPerturb(LinearLayerMethod):
     """p <- (1 - shrink) p + noise_std * noise after optimiser steps (see module doc).
 
     Args:
@@ -65,7 +55,7 @@ class ShrinkAndPerturb(Method):
         noise: str = "gaussian",
         every_optimizer_steps: int = 1,
     ):
-        super().__init__()
+        super().__init__(every_optimizer_steps, "shrink_and_perturb")
         self.shrink = check_number(
             shrink, "shrink_and_perturb.shrink", lambda v: 0 <= v < 1,
             "a number in [0, 1) (one value for all batched runs)",
@@ -74,31 +64,16 @@ class ShrinkAndPerturb(Method):
                                       "a number >= 0 (one value for all batched runs)")  # fmt: skip
         require(noise in NOISE_KINDS, "shrink_and_perturb.noise", noise, NOISE_KINDS)
         self.noise = noise
-        self.every_optimizer_steps = check_count(
-            every_optimizer_steps, "shrink_and_perturb.every_optimizer_steps", 1
-        )
-        self.layers: list[nn.Linear] = []
-        self.steps = 0
-        """Optimiser steps since attach."""
 
-    def _attach(self, model: Model, optimizer: torch.optim.Optimizer) -> list[RemovableHandle]:
-        self.layers = linear_layers(model)
-        return [optimizer.register_step_post_hook(self._after_step)]
+    def _apply(self, layer: nn.Linear) -> None:
+        weight = layer_parameter(layer)
+        if self.noise == "gaussian":
+            self._shrink_and_perturb(weight, partial(sample_normal, layer, weight))
+        else:
+            self._shrink_and_perturb(weight, partial(sample_weight, layer))
+        if layer.bias is not None:
+            self._shrink_and_perturb(layer.bias, partial(sample_normal, layer, layer.bias))
 
-    def _after_step(self, *_: Any) -> None:
-        self.steps += 1
-        if self.steps % self.every_optimizer_steps != 0:
-            return
-        for layer in self.layers:
-            weight = layer_parameter(layer)
-            if self.noise == "gaussian":
-                self._shrink_and_perturb(weight, partial(sample_normal, layer, weight))
-            else:
-                self._shrink_and_perturb(weight, partial(sample_weight, layer))
-            if layer.bias is not None:
-                self._shrink_and_perturb(layer.bias, partial(sample_normal, layer, layer.bias))
-
-    @torch.no_grad()
     def _shrink_and_perturb(self, p: Tensor, draw_noise: Callable[[], Tensor]) -> None:
         """p <- (1 - shrink) p + noise_std * draw_noise(), skipping zero terms."""
         if not p.requires_grad:
@@ -107,9 +82,3 @@ class ShrinkAndPerturb(Method):
             p.mul_(1 - self.shrink)
         if self.noise_std != 0:
             p.add_(draw_noise(), alpha=self.noise_std)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.steps = int(state["steps"])

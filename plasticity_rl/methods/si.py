@@ -53,7 +53,7 @@ class SI(QuadraticPenalty):
 
     def __init__(self, coefficient: float = 0.1, damping: float = 1e-3):
         coefficient = check_number(coefficient, "si.coefficient", lambda v: v >= 0, "a number >= 0")
-        super().__init__(2.0 * coefficient)
+        super().__init__(2.0 * coefficient, "si")
         self.damping = check_number(damping, "si.damping", lambda v: v > 0, "a number > 0")
         self.omega: list[torch.Tensor] = []
         """Path integral -sum g * delta_theta per parameter since the last task end."""

@@ -119,6 +119,29 @@ def make_linear(
     return layer
 
 
+_UNIFORM_BOUNDS: dict[str, Callable[[int, int], float]] = {
+    "default": lambda fan_in, fan_out: 1.0 / math.sqrt(fan_in),
+    "lecun_uniform": lambda fan_in, fan_out: math.sqrt(3.0 / fan_in),
+    "kaiming_uniform": lambda fan_in, fan_out: math.sqrt(6.0 / fan_in),
+    "xavier_uniform": lambda fan_in, fan_out: math.sqrt(6.0 / (fan_in + fan_out)),
+}
+"""b(fan_in, fan_out) of the init schemes that draw weights from U(-b, b)."""
+
+
+def init_bound(layer: nn.Linear) -> float | None:
+    """b of the layer's uniform init distribution U(-b, b), times its ``init_scale``; None
+    for a scheme that is not uniform (``kaiming_normal``, ``orthogonal``).
+
+    ``default`` (PyTorch's kaiming_uniform_ with a = sqrt(5)): 1 / sqrt(fan_in);
+    ``lecun_uniform``: sqrt(3 / fan_in); ``kaiming_uniform`` (ReLU gain): sqrt(6 / fan_in);
+    ``xavier_uniform``: sqrt(6 / (fan_in + fan_out)).
+    """
+    bound = _UNIFORM_BOUNDS.get(getattr(layer, "init_scheme", "default"))
+    if bound is None:
+        return None
+    return bound(layer.in_features, layer.out_features) * getattr(layer, "init_scale", 1.0)
+
+
 def sample_weight(layer: nn.Linear, runs: Tensor | None = None) -> Tensor:
     """A fresh effective weight matrix drawn from the layer's init distribution.
 
