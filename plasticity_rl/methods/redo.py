@@ -7,7 +7,9 @@ last training forward, the units with normalised score
     s_j = mean_i |h_ij| / ((1/n_units) sum_k mean_i |h_ik|)  <=  tau
 
 (:func:`plasticity_rl.metrics.network.dormancy_scores`, the formula of the ``dormant_ratio``
-metric) get fresh incoming weights and zero outgoing weights
+metric; a unit of a concatenating activation such as CReLU, with k features, scores the mean of
+its features' scores, which is the formula on its summed activity sum_f mean_i |h_if|) get
+fresh incoming weights and zero outgoing weights
 (:func:`~plasticity_rl.methods.base.reset_units`); in a batched network each run scores and
 resets its own units. Dohare et al. 2024 run it on PPO with
 tau = 0.1 and a period of 100 optimiser steps, the defaults here.
@@ -62,8 +64,9 @@ class ReDo(HiddenLayerMethod):
             if layer.name not in activations:
                 continue
             runs = run_shape(layer.incoming)  # a batched layer: every run scores its own units
-            h = activations[layer.name].reshape(*runs, -1, layer.width)
-            units = dormancy_scores(h, run_dims=len(runs)) <= self.tau
+            h = activations[layer.name].reshape(*runs, -1, layer.features)
+            scores = layer.per_unit(dormancy_scores(h, run_dims=len(runs)))
+            units = scores / layer.features_per_unit <= self.tau
             if units.any():
                 reset_units(layer, units, self.optimizer, self.optimizer_state)
                 self._counts[layer.name] += units.sum(-1)

@@ -13,6 +13,7 @@ from plasticity_rl.nn.batched import (
 from plasticity_rl.nn.layers import (
     INIT_SCHEMES,
     BatchedLinear,
+    Dropout,
     NonNegLinear,
     PowerProp,
     SDMLinear,
@@ -33,6 +34,7 @@ from plasticity_rl.nn.mlp import MLP, HiddenLayer, MLPConfig, build_mlp, hidden_
 __all__ = [
     "ACTIVATIONS",
     "BatchedLinear",
+    "Dropout",
     "INIT_SCHEMES",
     "MLP",
     "HiddenLayer",

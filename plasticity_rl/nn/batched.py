@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from plasticity_rl.nn.layers import BatchedLinear
+from plasticity_rl.nn.layers import BatchedLinear, Dropout
 from plasticity_rl.registry import ConfigError
 
 
@@ -48,9 +48,10 @@ def stack_runs(networks: Sequence[nn.Module], generators: Sequence[torch.Generat
     """One batched network whose run s is ``networks[s]`` (all of the same architecture).
 
     Every ``nn.Linear`` becomes a :class:`BatchedLinear` of the stacked layers, ``nn.Flatten``
-    keeps the run dim; parameter-free modules (activations) are shared. Modules with their own
-    parameters other than linear layers (convolutions, normalisation) are refused, and so is
-    Top-K's GABA switch, whose counters are per unit and not per run.
+    keeps the run dim, :class:`~plasticity_rl.nn.layers.Dropout` draws each run's mask from
+    the run's generator; other parameter-free modules (activations) are shared. Modules with
+    their own parameters other than linear layers (convolutions, normalisation) are refused,
+    and so is Top-K's GABA switch, whose counters are per unit and not per run.
 
     The returned module keeps a copy of ``networks[0]`` as ``run_template`` for
     :func:`run_module`.
@@ -69,6 +70,10 @@ def stack_runs(networks: Sequence[nn.Module], generators: Sequence[torch.Generat
             start = module.start_dim + 1 if module.start_dim >= 0 else module.start_dim
             end = module.end_dim + 1 if module.end_dim >= 0 else module.end_dim
             _replace(batched, name, nn.Flatten(start, end))
+        elif isinstance(module, Dropout):
+            _replace(batched, name, Dropout(module.p, generators))
+        elif isinstance(module, nn.LayerNorm):
+            raise ConfigError("network.layer_norm", True, "false for batched runs")
         elif next(module.parameters(recurse=False), None) is not None:
             raise ConfigError(
                 "network", type(module).__name__, "linear layers and parameter-free modules "

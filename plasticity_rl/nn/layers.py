@@ -465,3 +465,33 @@ def register_projections(
             layer.project_()
 
     return optimizer.register_step_post_hook(project_all)
+
+
+class Dropout(nn.Module):
+    """Dropout (Srivastava et al. 2014): in training mode h -> h * m / (1 - p), m_i ~
+    Bernoulli(1 - p) drawn anew for every entry and forward; the identity in eval mode.
+
+    The mask comes from torch's global RNG, or, in a batched network (``generators`` set, one
+    per run: :func:`plasticity_rl.nn.batched.stack_runs` does it), run s's mask from
+    ``generators[s]``, so run s draws exactly the masks of a single run seeded the same way.
+    """
+
+    def __init__(self, p: float, generators: Sequence[torch.Generator] | None = None):
+        super().__init__()
+        require(0 <= p < 1, "network.dropout", p, "a number in [0, 1)")
+        self.p = float(p)
+        self.generators = None if generators is None else list(generators)
+
+    def forward(self, h: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return h
+        keep = torch.empty_like(h)
+        if self.generators is None:
+            keep.bernoulli_(1 - self.p)
+        else:
+            for mask, generator in zip(keep, self.generators, strict=True):
+                mask.bernoulli_(1 - self.p, generator=generator)
+        return h * keep / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
