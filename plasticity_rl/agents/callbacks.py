@@ -4,10 +4,16 @@ TensorBoard tags (all against env steps, SB3's ``num_timesteps``):
 
 - ``plasticity/<net>/<layer>/<metric>``: ``dead_fraction``, ``dormant_ratio``,
   ``effective_rank``, ``srank99``, ``approximate_rank``, ``stable_rank``,
-  ``activation_sparsity`` of each hidden layer on a probe batch of observations from the latest
-  rollout (``<net>`` is ``pi`` or ``vf``);
+  ``activation_sparsity``, ``feature_norm``, ``duplicate_fraction`` and, for tanh and sigmoid
+  layers, ``saturated_fraction`` of each hidden layer on a probe batch of observations from the
+  latest rollout (``<net>`` is ``pi`` or ``vf``);
 - ``plasticity/<net>/weight_magnitude`` (mean |w|) and ``plasticity/<net>/max_weight_change``
   (the largest sum |delta w| of one optimiser step since the previous log);
+- ``plasticity/<net>/gradient_norm``: the global L2 norm of the gradients of the last
+  minibatch (after SB3's clipping; absent before the first update);
+- ``plasticity/<net>/output_churn``: mean |change| of the network's outputs since the previous
+  log on a fixed reference batch (the first log's probe; absent at the first log, and at the
+  first log after a resume, which takes a new reference batch);
 - ``plasticity/<net>/<layer>/<counter>``: what the interventions did since the previous log
   (e.g. units replaced by continual backprop, reset by ReDo);
 - ``env/<quantity>``: the non-stationary env's current value (e.g. ``env/friction``) and its
@@ -29,9 +35,10 @@ from plasticity_rl.agents.checkpoint import save_checkpoint
 from plasticity_rl.agents.config import LoggingConfig
 from plasticity_rl.methods import Method
 from plasticity_rl.metrics import (
+    OutputChurn,
     WeightChangeMonitor,
-    collect_activations,
-    layer_health,
+    gradient_norm,
+    hidden_layer_health,
     weight_magnitude,
 )
 from plasticity_rl.nn import MLP
@@ -87,6 +94,7 @@ class PlasticityCallback(BaseCallback):
         self._start_steps = 0
         self._metrics_logged_at: int | None = None
         self._monitor = WeightChangeMonitor()
+        self._churn = {name: OutputChurn() for name in networks}
         self._handles: list[Any] = []
         self._env_values: dict[int, dict[str, float]] = {}
 
@@ -169,10 +177,14 @@ class PlasticityCallback(BaseCallback):
         probe = self._probe()
         record: Callable[[str, float], None] = self.logger.record
         for net_name, net in self.networks.items():
-            for layer_name, h in collect_activations(net, probe).items():
-                for metric, value in layer_health(h, self.cfg.dormant_tau).items():
-                    record(f"plasticity/{net_name}/{layer_name}/{metric}", value)
+            for key, value in hidden_layer_health(net, probe, self.cfg.dormant_tau).items():
+                record(f"plasticity/{net_name}/{key}", value)
             record(f"plasticity/{net_name}/weight_magnitude", weight_magnitude(net))
+            optional = {"gradient_norm": gradient_norm(net),
+                        "output_churn": self._churn[net_name].measure(net, probe)}  # fmt: skip
+            for key, value in optional.items():
+                if value is not None:
+                    record(f"plasticity/{net_name}/{key}", value)
         for net_name, change in self._monitor.pop_max().items():
             record(f"plasticity/{net_name}/max_weight_change", change)
 
