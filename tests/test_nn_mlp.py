@@ -1,5 +1,7 @@
 """The MLP builder and hidden-layer discovery."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -96,3 +98,13 @@ def test_bad_builder_values_name_the_key():
         build_mlp(3, [4, 0], 2)
     with pytest.raises(ConfigError, match=r"activation: got 'relux'"):
         build_mlp(3, [4], 2, "relux")
+
+
+def test_crelu_layers_get_the_relu_gain_and_fourier_has_none():
+    # lecun_uniform bound sqrt(3 / fan_in) times the gain: sqrt(2) for CReLU (as ReLU)
+    torch.manual_seed(0)
+    net = build_mlp(50, [400, 400], 2, "crelu", init="kaiming_uniform_by_activation")
+    bound = float(net.hidden[2].weight.detach().abs().max())  # fan_in 800: twice the 400 units
+    assert math.sqrt(2) * math.sqrt(3 / 800) * 0.99 < bound <= math.sqrt(2) * math.sqrt(3 / 800)
+    with pytest.raises(ConfigError, match="kaiming_uniform_by_activation activation"):
+        build_mlp(3, [4], 2, "fourier", init="kaiming_uniform_by_activation")
