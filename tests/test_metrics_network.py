@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -275,6 +276,11 @@ def test_output_churn_keeps_its_first_probe_as_the_reference_batch():
     # the new probe is ignored; dropout is off (eval mode), and the training flag restored
     assert churn.measure(net, torch.tensor([[100.0]])) == pytest.approx((0.5 + 1.5) / 2)
     assert net.training and net[1].training
+    # a monitor built on the saved state (a resumed run) continues from the same batch and outputs
+    resumed = OutputChurn(copy.deepcopy(churn.state))
+    with torch.no_grad():
+        net[0].weight.fill_(3.0)  # outputs (3, 9): changes 0.5 and 1.5 again
+    assert resumed.measure(net, torch.tensor([[7.0]])) == pytest.approx(1.0)
 
 
 def tiny_model() -> nn.Sequential:

@@ -131,6 +131,10 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, extra):
     )
     replaced = scalars(tmp_path / "whole")
     assert any(tag.endswith("replacements") for tag in replaced)
+    # the output churn after the resume is measured against the checkpointed outputs
+    churn = [scalars(tmp_path / name)["plasticity/vf/output_churn"] for name in ("whole", "cut")]
+    assert [step for step, _ in churn[1]] == [step for step, _ in churn[0]]
+    assert [value for _, value in churn[1]] == pytest.approx([value for _, value in churn[0]])
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):

@@ -12,8 +12,8 @@ TensorBoard tags (all against env steps, SB3's ``num_timesteps``):
 - ``plasticity/<net>/gradient_norm``: the global L2 norm of the gradients of the last
   minibatch (after SB3's clipping; absent before the first update);
 - ``plasticity/<net>/output_churn``: mean |change| of the network's outputs since the previous
-  log on a fixed reference batch (the first log's probe; absent at the first log, and at the
-  first log after a resume, which takes a new reference batch);
+  log on a fixed reference batch (the first log's probe, kept in the checkpoint; absent at the
+  first log);
 - ``plasticity/<net>/<layer>/<counter>``: what the interventions did since the previous log
   (e.g. units replaced by continual backprop, reset by ReDo);
 - ``env/<quantity>``: the non-stationary env's current value (e.g. ``env/friction``) and its
@@ -61,6 +61,7 @@ class PlasticityCallback(BaseCallback):
         stop: polled at each rollout start; once it has received a signal, the run
             checkpoints there and stops (:class:`plasticity_rl.rundir.StopSignals`).
         on_checkpoint: called with the env steps after each checkpoint (``status.json``).
+        churn: each network's output-churn state (restored on resume; checkpointed).
 
     Metrics are also logged at the first rollout end and at the end of training, so a short
     run has them. No checkpoint is written before the first env step of this ``learn`` call
@@ -78,6 +79,7 @@ class PlasticityCallback(BaseCallback):
         schedule: dict[str, int] | None = None,
         stop: StopSignals | None = None,
         on_checkpoint: Callable[[int], None] | None = None,
+        churn: dict[str, dict[str, Any]] | None = None,
     ):
         super().__init__()
         self.networks, self.methods, self.cfg = networks, methods, logging
@@ -94,7 +96,8 @@ class PlasticityCallback(BaseCallback):
         self._start_steps = 0
         self._metrics_logged_at: int | None = None
         self._monitor = WeightChangeMonitor()
-        self._churn = {name: OutputChurn() for name in networks}
+        churn = churn or {}
+        self._churn = {name: OutputChurn(churn.get(name)) for name in networks}
         self._handles: list[Any] = []
         self._env_values: dict[int, dict[str, float]] = {}
 
@@ -146,9 +149,9 @@ class PlasticityCallback(BaseCallback):
         """Write the checkpoint now; nothing before this ``learn`` call's first env step (nor
         without a checkpoint path)."""
         if self.checkpoint_path is not None and self.num_timesteps > self._start_steps:
-            save_checkpoint(
-                self.checkpoint_path, self.model, self.methods, {"schedule": dict(self.schedule)}
-            )
+            churn = {name: monitor.state for name, monitor in self._churn.items()}
+            extra = {"schedule": dict(self.schedule), "churn": churn}
+            save_checkpoint(self.checkpoint_path, self.model, self.methods, extra)
             self.checkpoint_steps = self.num_timesteps
             if self.on_checkpoint is not None:
                 self.on_checkpoint(self.num_timesteps)

@@ -355,7 +355,9 @@ class OutputChurn:
     fixed reference batch: the probe given at the first call.
 
     The outputs are computed in eval mode under ``no_grad`` (dropout off, modules' training
-    flags restored). Example::
+    flags restored). The reference batch and the last outputs are kept in ``state`` (a dict
+    with the keys ``reference`` and ``outputs``), which the caller may hand in and keep in its
+    checkpoint, so a resumed run measures against the same batch and outputs. Example::
 
         churn = OutputChurn()
         churn.measure(net, probe)  # None: keeps probe as the reference batch and net's outputs
@@ -363,20 +365,21 @@ class OutputChurn:
         churn.measure(net, probe)  # mean |f_now(reference) - f_then(reference)|
     """
 
-    def __init__(self) -> None:
-        self.reference: Tensor | None = None
-        self.outputs: Tensor | None = None
+    def __init__(self, state: dict[str, Tensor | None] | None = None) -> None:
+        self.state = {} if state is None else state
+        self.state.setdefault("reference", None)
+        self.state.setdefault("outputs", None)
 
     def measure(self, model: nn.Module, probe: Tensor) -> float | None:
         """The churn since the previous call (None at the first); ``probe`` is used only at
         the first call, as the reference batch."""
-        if self.reference is None:
-            self.reference = probe.detach().clone()
+        if self.state["reference"] is None:
+            self.state["reference"] = probe.detach().clone()
         with evaluation_mode([model]), torch.no_grad():
-            outputs = model(self.reference).detach().clone()
-        churn = None if self.outputs is None else output_churn(self.outputs, outputs)
-        self.outputs = outputs
-        return churn
+            outputs = model(self.state["reference"]).detach().clone()
+        before = self.state["outputs"]
+        self.state["outputs"] = outputs
+        return None if before is None else output_churn(before, outputs)
 
 
 def _weight_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:

@@ -118,7 +118,8 @@ def train_tasks(
     # one example per step: the hand-written backward reads the input layer once per block
     backprop = learner.backprop
     prefetch = backprop.prefetch if backprop is not None and batch_size == 1 else None
-    churns = [OutputChurn() for _ in progresses]  # reference batch: each run's first probe
+    # reference batch: each run's first probe; the state is checkpointed with the progress
+    churns = [OutputChurn(p.setdefault("churn", {})) for p in progresses]
     for t in range(progress["task"], num_tasks):
         tasks = [s.tasks[t] for s in learner.streams]
         mask = run_class_mask(tasks, stream.num_classes, batched)
@@ -238,7 +239,8 @@ def train_regression(
             s.generator.load_state_dict(p["generator"])
     bar = tqdm(total=stream.total_examples, initial=progress["step"], disable=not show_progress,
                unit="example")  # fmt: skip
-    churns = [OutputChurn() for _ in progresses]  # reference batch: each run's first probe
+    # reference batch: each run's first probe; the state is checkpointed with the progress
+    churns = [OutputChurn(p.setdefault("churn", {})) for p in progresses]
     model.train()
     while progress["step"] < stream.total_examples:
         count = min(stream.bin_size - progress["step"] % stream.bin_size,
@@ -288,6 +290,7 @@ def new_progress() -> dict[str, Any]:
         "bin_errors": [],
         "generator": None,
         "diverged_at_step": None,
+        "churn": {},
     }
 
 
