@@ -211,18 +211,18 @@ def test_regression_redo_and_shrink_and_perturb_batched_equal_single_runs(tmp_pa
     assert all(c["methods"]["redo"]["steps"] == 400 for c in states)
 
 
-@pytest.mark.parametrize("network", [{"activation": "crelu"}, {"dropout": 0.1}])
-def test_regression_crelu_and_dropout_with_cbp_batched_equal_single_runs(network, tmp_path):
-    # dropout: run s draws its masks from its own generator, as a single run from the global RNG
+@pytest.mark.parametrize(
+    "network", [{"activation": "crelu"}, {"dropout": 0.1}, {"layer_norm": True}]
+)
+def test_regression_network_options_with_cbp_batched_equal_single_runs(network, tmp_path):
+    # dropout: run s draws its masks from its own generator, as a single run from the global
+    # RNG; layer_norm: each run has its own gain and bias, which replacements reset
     cbp = {"continual_backprop": OFTEN}
-    assert_same_runs(regression_config(network=network, method=cbp), tmp_path)
+    states = assert_same_runs(regression_config(network=network, method=cbp), tmp_path)
     tag = "plasticity/net/hidden1/replacements"
     assert logged_total(tmp_path / "batched1", tag) == logged_total(tmp_path / "single1", tag) > 0
-
-
-def test_layer_norm_is_refused_in_batched_runs():
-    with pytest.raises(ConfigError, match=r"^network.layer_norm: got True; allowed: false for"):
-        build_batched_learner(regression_config(network={"layer_norm": True}), SEEDS)
+    if network.get("layer_norm"):
+        assert states[0]["model"]["hidden.1.weight"].shape == (5,)  # a single run's LayerNorm
 
 
 def online_permuted_config(mnist_dir: Path, **train: Any) -> SupervisedRunConfig:

@@ -12,6 +12,7 @@ from plasticity_rl.nn.batched import (
 )
 from plasticity_rl.nn.layers import (
     INIT_SCHEMES,
+    BatchedLayerNorm,
     BatchedLinear,
     Dropout,
     NonNegLinear,
@@ -33,6 +34,7 @@ from plasticity_rl.nn.mlp import MLP, HiddenLayer, MLPConfig, build_mlp, hidden_
 
 __all__ = [
     "ACTIVATIONS",
+    "BatchedLayerNorm",
     "BatchedLinear",
     "Dropout",
     "INIT_SCHEMES",

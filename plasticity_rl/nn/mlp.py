@@ -86,10 +86,12 @@ class MLPConfig:
     layer_norm: bool = False
     """Pre-activation layer normalisation in every hidden layer, h = act(LN(W x + b)) with a
     learned gain and bias per unit (Ba et al. 2016; against plasticity loss: Lyle et al. 2024,
-    "Disentangling the causes of plasticity loss in neural networks"). Not for batched runs."""
+    "Disentangling the causes of plasticity loss in neural networks")."""
     dropout: float = 0.0
     """Dropout probability after every hidden activation (0: none); active in training mode
-    only, so SB3 rollouts and all evaluations (eval mode) run without it."""
+    only, so SB3 rollouts and all evaluations (eval mode) run without it. In PPO the update's
+    log-probabilities are computed with dropout and the rollout's without, so an update's
+    first importance ratios are not exactly 1."""
 
 
 class MLP(nn.Module):
