@@ -23,6 +23,7 @@ from plasticity_rl.nn import (
     run_module,
     run_state_dict,
     sample_weight,
+    stack_run_state_dicts,
 )
 from plasticity_rl.optim.runs import make_run_optimizer
 from plasticity_rl.registry import ConfigError
@@ -223,6 +224,22 @@ def test_regression_network_options_with_cbp_batched_equal_single_runs(network, 
     assert logged_total(tmp_path / "batched1", tag) == logged_total(tmp_path / "single1", tag) > 0
     if network.get("layer_norm"):
         assert states[0]["model"]["hidden.1.weight"].shape == (5,)  # a single run's LayerNorm
+
+
+def test_a_batched_layer_norm_is_each_runs_own_and_round_trips_through_run_state_dicts():
+    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
+    batched = build_runs(lambda: build_mlp(4, [6], 3, layer_norm=True), generators)
+    with torch.no_grad():  # distinct gains and biases per run
+        batched.hidden[1].weight.uniform_(0.5, 1.5)
+        batched.hidden[1].bias.normal_()
+    assert hidden_layers(batched)[0].norm is batched.hidden[1]
+    x = torch.randn(len(SEEDS), 5, 4)
+    states = [run_state_dict(batched, s) for s in range(len(SEEDS))]
+    for s, state in enumerate(states):
+        assert state["hidden.1.weight"].shape == (6,)
+        torch.testing.assert_close(run_module(batched, s)(x[s]), batched(x)[s])
+    restacked = stack_run_state_dicts(batched, states)
+    assert all(torch.equal(restacked[k], v) for k, v in batched.state_dict().items())
 
 
 def online_permuted_config(mnist_dir: Path, **train: Any) -> SupervisedRunConfig:
