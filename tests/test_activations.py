@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from plasticity_rl.nn import ACTIVATIONS, make_activation
+from plasticity_rl.nn import ACTIVATIONS, build_mlp, hidden_layers, make_activation
+from plasticity_rl.nn.activations import CReLU, Fourier, features_per_unit
 from plasticity_rl.nn.sparse import ASH, LWTA, HardASH, TopK, end_epoch
 from plasticity_rl.registry import ConfigError
 
@@ -39,7 +40,32 @@ def test_sparse_activations_are_registered() -> None:
 def test_every_registered_name_creates_a_module(name: str) -> None:
     module = make_activation({"name": name, **REQUIRED_KWARGS.get(name, {})})
     assert isinstance(module, nn.Module)
-    assert module(torch.randn(2, 4)).shape == (2, 4)
+    assert module(torch.randn(2, 4)).shape == (2, 4 * features_per_unit(module))
+
+
+# ----------------------------------------------------------------------------- concatenating
+
+
+def test_crelu_by_hand() -> None:
+    # z = (1.5, -2, 0): [relu(z), relu(-z)] = (1.5, 0, 0, 0, 2, 0)
+    h = CReLU()(t(1.5, -2.0, 0.0).view(1, 3))
+    assert h.tolist() == [[1.5, 0.0, 0.0, 0.0, 2.0, 0.0]]
+
+
+def test_fourier_by_hand() -> None:
+    # z = (0, pi/2): [sin z, cos z] = (0, 1, 1, 0)
+    h = Fourier()(t(0.0, math.pi / 2).view(1, 2))
+    assert h[0].tolist() == pytest.approx([0.0, 1.0, 1.0, 0.0], abs=1e-7)
+    assert (h[0, :2].square() + h[0, 2:].square()).tolist() == pytest.approx([1.0, 1.0])
+
+
+@pytest.mark.parametrize("name", ["crelu", "fourier"])
+def test_concatenating_activation_doubles_the_next_layer(name: str) -> None:
+    net = build_mlp(3, [4, 5], 2, name)
+    assert [layer.in_features for layer in (net.hidden[2], net.output)] == [8, 10]
+    layers = hidden_layers(net)
+    assert [(layer.width, layer.features) for layer in layers] == [(4, 8), (5, 10)]
+    assert net(torch.randn(6, 3)).shape == (6, 2)
 
 
 def test_extra_repr_shows_settings() -> None:

@@ -23,6 +23,7 @@ from plasticity_rl.nn import (
     run_module,
     run_state_dict,
     sample_weight,
+    stack_run_state_dicts,
 )
 from plasticity_rl.optim.runs import make_run_optimizer
 from plasticity_rl.registry import ConfigError
@@ -231,6 +232,36 @@ def test_regression_layer_and_unit_resets_batched_equal_single_runs(methods, tmp
             assert logged_total(tmp_path / "batched1", f"plasticity/net/hidden1/{counter}") > 0
 
 
+@pytest.mark.parametrize(
+    "network", [{"activation": "crelu"}, {"dropout": 0.1}, {"layer_norm": True}]
+)
+def test_regression_network_options_with_cbp_batched_equal_single_runs(network, tmp_path):
+    # dropout: run s draws its masks from its own generator, as a single run from the global
+    # RNG; layer_norm: each run has its own gain and bias, which replacements reset
+    cbp = {"continual_backprop": OFTEN}
+    states = assert_same_runs(regression_config(network=network, method=cbp), tmp_path)
+    tag = "plasticity/net/hidden1/replacements"
+    assert logged_total(tmp_path / "batched1", tag) == logged_total(tmp_path / "single1", tag) > 0
+    if network.get("layer_norm"):
+        assert states[0]["model"]["hidden.1.weight"].shape == (5,)  # a single run's LayerNorm
+
+
+def test_a_batched_layer_norm_is_each_runs_own_and_round_trips_through_run_state_dicts():
+    generators = [torch.Generator().manual_seed(seed) for seed in SEEDS]
+    batched = build_runs(lambda: build_mlp(4, [6], 3, layer_norm=True), generators)
+    with torch.no_grad():  # distinct gains and biases per run
+        batched.hidden[1].weight.uniform_(0.5, 1.5)
+        batched.hidden[1].bias.normal_()
+    assert hidden_layers(batched)[0].norm is batched.hidden[1]
+    x = torch.randn(len(SEEDS), 5, 4)
+    states = [run_state_dict(batched, s) for s in range(len(SEEDS))]
+    for s, state in enumerate(states):
+        assert state["hidden.1.weight"].shape == (6,)
+        torch.testing.assert_close(run_module(batched, s)(x[s]), batched(x)[s])
+    restacked = stack_run_state_dicts(batched, states)
+    assert all(torch.equal(restacked[k], v) for k, v in batched.state_dict().items())
+
+
 def online_permuted_config(mnist_dir: Path, **train: Any) -> SupervisedRunConfig:
     """CBP on Online Permuted MNIST with an input layer of 784 x 32 weights: wide enough for
     the hand-written backward's deferred input-layer steps and their lookahead."""
@@ -267,6 +298,10 @@ def test_deferred_steps_with_lookahead_give_the_numbers_of_autograd(tmp_path, mn
         results[-1].pop("wall_seconds")
         states.append(torch.load(run_dir / CHECKPOINT, weights_only=True))
     assert len(blocks) > 600 / 32  # the lookahead ran, restarting after CBP's resets
+    for hand, result in zip((True, False), results, strict=True):
+        norms = [entry["metrics"].pop("gradient_norm", None) for entry in result["plasticity"]]
+        # plain SGD steps fused into the hand-written backward leave no gradients to measure
+        assert all(norm is None for norm in norms) == hand
     assert_close_tree(results[0], results[1])
     assert_close_tree(states[0]["model"], states[1]["model"])
 

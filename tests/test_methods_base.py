@@ -210,3 +210,60 @@ def test_all_methods_compose_and_remove_leaves_plain_sgd():
     train_steps(plain, torch.optim.SGD(plain.parameters(), lr=0.05), 5, seed=1)
     for p, q in zip(net.parameters(), plain.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_reset_units_of_a_crelu_layer_zeroes_both_feature_columns():
+    torch.manual_seed(0)
+    net = build_mlp(3, [4, 4], 2, "crelu")
+    optimizer = Adam(net.parameters(), lr=0.01)
+    train_steps(net, optimizer, 3)
+    layer = hidden_layers(net)[0]  # 4 units, 8 features: unit j feeds columns j and j + 4
+    kept = net.hidden[2].weight[:, [0, 2, 4, 6]].detach().clone()
+    reset_units(layer, torch.tensor([1, 3]), optimizer)
+    assert torch.all(net.hidden[2].weight[:, [1, 3, 5, 7]] == 0)
+    assert torch.equal(net.hidden[2].weight[:, [0, 2, 4, 6]], kept)
+    assert torch.all(optimizer.state[net.hidden[2].weight]["exp_avg"][:, [1, 3, 5, 7]] == 0)
+
+
+def test_reset_units_resets_the_layer_norm_entries_of_the_units():
+    torch.manual_seed(0)
+    net = build_mlp(3, [4], 2, layer_norm=True)
+    optimizer = Adam(net.parameters(), lr=0.05)
+    train_steps(net, optimizer, 3)
+    norm = hidden_layers(net)[0].norm
+    assert norm is net.hidden[1]
+    gain, shift = norm.weight.detach().clone(), norm.bias.detach().clone()
+    reset_units(hidden_layers(net)[0], torch.tensor([2]), optimizer)
+    assert norm.weight[2] == 1 and norm.bias[2] == 0  # LayerNorm's own init
+    keep = torch.tensor([True, True, False, True])
+    assert torch.equal(norm.weight[keep], gain[keep]) and torch.equal(norm.bias[keep], shift[keep])
+    assert optimizer.state[norm.weight]["exp_avg"][2] == 0
+    assert torch.all(optimizer.state[norm.weight]["exp_avg"][keep] != 0)
+
+
+@pytest.mark.parametrize(
+    "network",
+    [
+        {"activation": "crelu"},
+        {"activation": "fourier"},
+        {"layer_norm": True},
+        {"dropout": 0.2, "activation": "tanh"},
+    ],  # fmt: skip
+)
+def test_cbp_redo_snp_and_l2_run_together_on_each_network_option(network: dict):
+    torch.manual_seed(0)
+    net = build_mlp(3, [6, 6], 2, **network)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, weight_decay=1e-3)
+    methods = make_methods(
+        {
+            "continual_backprop": {"replacement_rate": 0.2, "maturity_threshold": 2},
+            "redo": {"tau": 0.5, "period": 5},
+            "shrink_and_perturb": {"shrink": 1e-3, "noise_std": 1e-3},
+        }
+    )
+    handle = attach_methods(methods, net, optimizer)
+    train_steps(net, optimizer, 20)
+    stats = methods[0].stats()
+    assert stats["hidden1/replacements"] > 0 and stats["hidden2/replacements"] > 0
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    handle.remove()

@@ -200,6 +200,57 @@ def test_replacing_a_dead_or_constant_unit_leaves_the_output_unchanged(kind: str
     assert torch.allclose(after, before, atol=1e-6)
 
 
+def test_crelu_utility_sums_the_features_of_each_unit_by_hand():
+    # W_in = I, b = 0, x = [[1, 2], [3, -4]]: features [relu(z), relu(-z)] = [[1, 2, 0, 0],
+    # [3, 0, 0, 4]], mean_i |h_if| = [2, 1, 0, 2] = mean_i h_if.
+    # W_out = [[1, -2, 0.5, 1], [3, 0.5, -1, 2]]: sum_k |w_kf| = [4, 2.5, 1.5, 3], so the
+    # feature terms are [8, 2.5, 0, 6] and the units' (features j, j + 2) [8, 8.5].
+    net = build_mlp(2, [2], 2, "crelu")
+    with torch.no_grad():
+        net.hidden[0].weight.copy_(torch.eye(2))
+        net.hidden[0].bias.zero_()
+        net.output.weight.copy_(torch.tensor([[1.0, -2.0, 0.5, 1.0], [3.0, 0.5, -1.0, 2.0]]))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    cbp = ContinualBackprop(replacement_rate=0.0)
+    cbp.attach(net, optimizer)
+    _step(net, optimizer, torch.tensor([[1.0, 2.0], [3.0, -4.0]]), torch.zeros(2, 2))
+    stats = cbp.statistics["hidden1"]
+    assert torch.allclose(stats.utility, 0.01 * torch.tensor([8.0, 8.5]))
+    assert torch.allclose(stats.mean_activation, 0.01 * torch.tensor([2.0, 1.0, 0.0, 2.0]))
+    assert stats.age.tolist() == [1, 1]
+
+
+def test_replacing_a_constant_crelu_unit_moves_both_features_into_the_bias():
+    # As the ReLU case above, with unit 2 at z = -0.5: its features are relu(z) = 0 and
+    # relu(-z) = 0.5, so its mean contribution w[:, 6] * 0.5 must move into the output bias.
+    torch.manual_seed(0)
+    net = build_mlp(3, [4], 2, "crelu")
+    with torch.no_grad():
+        net.hidden[0].weight.fill_(1.0)
+        net.hidden[0].bias.fill_(1.0)
+        net.hidden[0].weight[2] = 0.0
+        net.hidden[0].bias[2] = -0.5
+        net.output.weight.copy_(
+            torch.tensor(
+                [
+                    [0.5, -0.5, 0.5, -0.5, 0.1, 0.1, 0.5, 0.1],
+                    [-0.5, 0.5, 0.5, 0.5, 0.1, 0.1, -0.5, 0.1],
+                ]
+            )
+        )
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    cbp = ContinualBackprop(replacement_rate=0.25, maturity_threshold=2)
+    cbp.attach(net, optimizer)
+    probe = _batch(seed=1, n=32)[0]
+    with torch.no_grad():
+        before = net(probe)
+    counts = [s["hidden1/replacements"] for s in _replacements_per_step(cbp, net, optimizer, 3)]
+    assert counts == [0, 0, 1]
+    assert torch.all(net.output.weight[:, [2, 6]] == 0)
+    with torch.no_grad():
+        assert torch.allclose(net(probe), before, atol=1e-6)
+
+
 def test_a_replacement_changes_the_output_only_by_the_bias_correction():
     # Unit j replaced: out(x) = out_old(x) - w[:, j] h_j(x) + w[:, j] f^_j, where (lr = 0, the
     # same training batch every step) f^_j = mean over the training batch of h_j.

@@ -66,6 +66,27 @@ def test_resets_exactly_the_dormant_units_every_period(tau: float, expected: lis
     assert torch.equal(net.output.bias, old.output.bias)  # ReDo does no bias correction
 
 
+def test_a_crelu_unit_is_scored_on_its_two_features_together():
+    # pre-activations z = (0, 0.05, -1, 2): CReLU features relu(z) = (0, 0.05, 0, 2) and
+    # relu(-z) = (0, 0, 1, 0); unit activity |z| = (0, 0.05, 1, 2), layer mean 0.7625,
+    # s = (0, 0.066, 1.31, 2.62): units 0 and 1 are dormant at tau = 0.1 -- unit 2, whose
+    # relu(z) feature is zero, is not
+    torch.manual_seed(0)
+    net = build_mlp(3, [4], 2, "crelu")
+    with torch.no_grad():
+        net.hidden[0].weight.zero_()
+        net.hidden[0].bias.copy_(torch.tensor([0.0, 0.05, -1.0, 2.0]))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    redo = ReDo(tau=0.1, period=1)
+    redo.attach(net, optimizer)
+    old = copy.deepcopy(net)
+    _step(net, optimizer)
+    assert redo.stats() == {"hidden1/resets": 2.0}
+    assert (net.hidden[0].weight != 0).any(dim=1).tolist() == [True, True, False, False]
+    assert torch.all(net.output.weight[:, [0, 1, 4, 5]] == 0)  # both features of units 0, 1
+    assert torch.equal(net.output.weight[:, [2, 3, 6, 7]], old.output.weight[:, [2, 3, 6, 7]])
+
+
 def test_step_count_is_restored_from_the_state_dict():
     # Two of three steps done before saving: the resumed method resets at its first step.
     net = _net_with_constant_units()

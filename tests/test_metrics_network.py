@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 from plasticity_rl.metrics import (
+    OutputChurn,
     WeightChangeMonitor,
     activation_sparsity,
     approximate_rank,
@@ -14,17 +16,24 @@ from plasticity_rl.metrics import (
     dead_fraction,
     dormancy_scores,
     dormant_ratio,
+    duplicate_fraction,
     effective_rank,
+    feature_norm,
+    gradient_norm,
     grama_dormant_fraction,
     grama_scores,
+    hidden_layer_health,
     layer_health,
+    output_churn,
+    run_gradient_norms,
+    saturated_fraction,
     srank,
     stable_rank,
     weight_change,
     weight_magnitude,
     weight_snapshot,
 )
-from plasticity_rl.nn import build_mlp, layer_parameter, make_linear
+from plasticity_rl.nn import build_mlp, build_runs, layer_parameter, make_linear
 from plasticity_rl.registry import ConfigError
 
 
@@ -189,6 +198,8 @@ def test_layer_health_keys_and_values():
         "approximate_rank",
         "stable_rank",
         "activation_sparsity",
+        "feature_norm",
+        "duplicate_fraction",
     ]
     assert health["dead_fraction"] == pytest.approx(0.25)
     assert health["dormant_ratio"] == pytest.approx(0.5)
@@ -197,6 +208,96 @@ def test_layer_health_keys_and_values():
     assert health["approximate_rank"] == approximate_rank(DORMANCY_H, 0.99)
     assert health["stable_rank"] == pytest.approx(stable_rank(DORMANCY_H))
     assert health["activation_sparsity"] == pytest.approx(0.25)
+    assert health["feature_norm"] == pytest.approx(feature_norm(DORMANCY_H))
+    assert health["duplicate_fraction"] == duplicate_fraction(DORMANCY_H)
+    bounded = layer_health(DORMANCY_H, saturation=(0.0, 1.0))
+    assert bounded["saturated_fraction"] == saturated_fraction(DORMANCY_H, 0.0, 1.0)
+
+
+def test_feature_norm_by_hand():
+    # rows (3, 4) and (0, 0): norms 5 and 0, mean 2.5
+    assert feature_norm(torch.tensor([[3.0, 4.0], [0.0, 0.0]])) == pytest.approx(2.5)
+
+
+def test_duplicate_fraction_by_hand():
+    # columns: a = (1, 2, 3), a again, a * (1 + 1e-4) (distance 1e-4 ||a||: within 1e-3),
+    # b = (1, 0, 0), b + (0, 0.1, 0) (distance 0.1 ||b||: not within 1e-3), two dead columns.
+    # Duplicates: the three a columns; dead ones never count -> 3 of 7 units.
+    a, b = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 0.0, 0.0])
+    h = torch.stack([a, a, a * (1 + 1e-4), b, b + torch.tensor([0.0, 0.1, 0.0]),
+                     torch.zeros(3), torch.zeros(3)], dim=1)  # fmt: skip
+    assert duplicate_fraction(h) == pytest.approx(3 / 7)
+    assert duplicate_fraction(h, tol=0.2) == pytest.approx(5 / 7)  # now b's pair too
+    assert duplicate_fraction(h, tol=0.0) == pytest.approx(2 / 7)  # exact copies only
+    # the same count from layer_health's shared Gram matrix, with fewer rows than units too
+    assert layer_health(h)["duplicate_fraction"] == pytest.approx(3 / 7)
+    assert layer_health(h.repeat(3, 1))["duplicate_fraction"] == pytest.approx(3 / 7)
+
+
+def test_saturated_fraction_by_hand():
+    # tanh bounds (-1, 1), margin 1% of the range: |h| >= 0.98 on every row.
+    # unit 0 pinned at both bounds (saturated), unit 1 once at 0.97 (not), unit 2 at 0 (not)
+    h = torch.tensor([[0.99, 0.99, 0.0], [-0.985, 0.97, 0.0]])
+    assert saturated_fraction(h) == pytest.approx(1 / 3)
+    # sigmoid bounds (0, 1): h <= 0.01 or >= 0.99 on every row
+    s = torch.tensor([[0.005, 0.5], [0.995, 0.995]])
+    assert saturated_fraction(s, 0.0, 1.0) == pytest.approx(0.5)
+    with pytest.raises(ConfigError, match="saturated_fraction.margin"):
+        saturated_fraction(h, margin=0.5)
+
+
+def test_hidden_layer_health_reports_saturation_for_tanh_layers_only():
+    torch.manual_seed(0)
+    probe = torch.randn(16, 3)
+    tanh_keys = hidden_layer_health(build_mlp(3, [4], 2, "tanh"), probe)
+    assert "hidden1/saturated_fraction" in tanh_keys and "hidden1/srank99" in tanh_keys
+    assert "hidden1/saturated_fraction" not in hidden_layer_health(build_mlp(3, [4], 2), probe)
+
+
+def test_gradient_norm_reads_the_existing_gradients():
+    net = nn.Sequential(nn.Linear(2, 1))
+    assert gradient_norm(net) is None and run_gradient_norms(net) is None  # no backward yet
+    net[0].weight.grad = torch.tensor([[3.0, 0.0]])
+    assert gradient_norm(net) == pytest.approx(3.0)  # the bias has no gradient: left out
+    net[0].bias.grad = torch.tensor([4.0])
+    assert gradient_norm(net) == pytest.approx(5.0)  # sqrt(9 + 16)
+    assert run_gradient_norms(net) == pytest.approx([5.0])
+
+
+def test_run_gradient_norms_split_a_batched_network_by_run():
+    generators = [torch.Generator().manual_seed(s) for s in range(2)]
+    net = build_runs(lambda: nn.Sequential(nn.Linear(2, 1)), generators)
+    net[0].weight.grad = torch.tensor([[[3.0, 0.0]], [[0.0, 1.0]]])  # (runs, out, in)
+    net[0].bias.grad = torch.tensor([[4.0], [0.0]])
+    assert run_gradient_norms(net) == pytest.approx([5.0, 1.0])
+    assert gradient_norm(net) == pytest.approx(math.sqrt(26.0))
+
+
+def test_output_churn_by_hand():
+    # |(1, 2) - (1.5, 2)| and |(0, 0) - (0, -1)|: (0.5 + 0 + 0 + 1) / 4
+    before, after = torch.tensor([[1.0, 2.0], [0.0, 0.0]]), torch.tensor([[1.5, 2.0], [0.0, -1.0]])
+    assert output_churn(before, after) == pytest.approx(0.375)
+    with pytest.raises(ValueError, match="shapes differ"):
+        output_churn(before, after[:1])
+
+
+def test_output_churn_keeps_its_first_probe_as_the_reference_batch():
+    net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Dropout(0.5))
+    net.train()
+    with torch.no_grad():
+        net[0].weight.fill_(2.0)
+    churn = OutputChurn()
+    assert churn.measure(net, torch.tensor([[1.0], [3.0]])) is None  # outputs (2, 6)
+    with torch.no_grad():
+        net[0].weight.fill_(2.5)  # outputs (2.5, 7.5) on the reference batch
+    # the new probe is ignored; dropout is off (eval mode), and the training flag restored
+    assert churn.measure(net, torch.tensor([[100.0]])) == pytest.approx((0.5 + 1.5) / 2)
+    assert net.training and net[1].training
+    # a monitor built on the saved state (a resumed run) continues from the same batch and outputs
+    resumed = OutputChurn(copy.deepcopy(churn.state))
+    with torch.no_grad():
+        net[0].weight.fill_(3.0)  # outputs (3, 9): changes 0.5 and 1.5 again
+    assert resumed.measure(net, torch.tensor([[7.0]])) == pytest.approx(1.0)
 
 
 def tiny_model() -> nn.Sequential:
@@ -369,3 +470,4 @@ def test_layer_health_of_a_diverged_layer_reports_nan_ranks():
     ranks = ("effective_rank", "srank99", "approximate_rank", "stable_rank")
     assert all(math.isnan(health[k]) for k in ranks)
     assert health["activation_sparsity"] == 0.25  # one exact zero of four entries
+    assert math.isnan(health["duplicate_fraction"])

@@ -23,7 +23,8 @@ def _net(activation: str, runs: int | None) -> nn.Module:
 
 
 @pytest.mark.parametrize(
-    "activation", ["relu", "tanh", "sigmoid", "leaky_relu", "elu", "swish", "identity"]
+    "activation",
+    ["relu", "tanh", "sigmoid", "leaky_relu", "elu", "swish", "identity", "crelu", "fourier"],
 )
 @pytest.mark.parametrize("runs", [None, 3])
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
@@ -56,6 +57,8 @@ def test_forward_hooks_see_a_training_forward_and_unsupported_models_are_named()
     for model in [
         build_mlp(4, [5], 2, "hard_ash"),  # no hand derivative: autograd
         build_mlp(4, [5], 2, powerprop_alpha=2.0),  # parametrized weight
+        build_mlp(4, [5], 2, layer_norm=True),  # LayerNorm: autograd
+        build_mlp(4, [5], 2, dropout=0.5),  # dropout: autograd
         nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2)),
     ]:
         assert not HandBackprop.supports(model)

@@ -1,10 +1,13 @@
 """The MLP builder and hidden-layer discovery."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
 from plasticity_rl.nn import (
+    Dropout,
     MLPConfig,
     NonNegLinear,
     SDMLinear,
@@ -55,7 +58,38 @@ def test_hidden_layers_of_plain_sequential_and_of_a_list_of_modules():
     assert len(hidden_layers([seq, nn.Sequential(nn.Linear(1, 2))])) == 2
 
 
+def test_layer_norm_and_dropout_sit_around_the_activation_that_methods_read():
+    net = build_mlp(3, [4, 5], 2, "tanh", layer_norm=True, dropout=0.5)
+    kinds = [type(m).__name__ for m in net.hidden]
+    assert kinds == ["Linear", "LayerNorm", "Tanh", "Dropout"] * 2
+    layers = hidden_layers(net)
+    assert [(layer.norm, layer.activation) for layer in layers] == [
+        (net.hidden[1], net.hidden[2]), (net.hidden[5], net.hidden[6])]  # fmt: skip
+    x = torch.randn(6, 3)
+    z = net.hidden[0](x)  # pre-activation LayerNorm: zero mean, unit variance per row at init
+    expected = torch.tanh((z - z.mean(1, keepdim=True)) / (z.var(1, False, keepdim=True)
+                                                          + 1e-5).sqrt())  # fmt: skip
+    torch.testing.assert_close(net.hidden[:3](x), expected)
+    net.eval()  # dropout is the identity in eval mode
+    torch.testing.assert_close(net.hidden[:4](x), expected)
+
+
+def test_dropout_by_hand():
+    torch.manual_seed(0)
+    dropout = Dropout(0.25)
+    h = dropout(torch.ones(1000, 8))
+    kept = h != 0
+    assert torch.all(h[kept] == 1 / 0.75)  # kept entries scaled by 1 / (1 - p)
+    assert 0.7 < kept.float().mean().item() < 0.8
+    assert not torch.equal(dropout(torch.ones(4, 8)), dropout(torch.ones(4, 8)))  # fresh masks
+    assert torch.equal(Dropout(0.0)(h), h)
+
+
 def test_bad_builder_values_name_the_key():
+    with pytest.raises(ConfigError, match=r"mlp.dropout: got 1.0; allowed: a number in \[0, 1\)"):
+        build_mlp(3, [4], 2, dropout=1.0)
+    with pytest.raises(ConfigError, match=r"mlp.layer_norm: got 'yes'"):
+        build_mlp(3, [4], 2, layer_norm="yes")
     with pytest.raises(ConfigError, match=r"mlp.weight_norm: got 'last'"):
         build_mlp(3, [4], 2, weight_norm="last")
     with pytest.raises(ConfigError, match=r"mlp.weight_norm_centred: got True"):
@@ -64,3 +98,13 @@ def test_bad_builder_values_name_the_key():
         build_mlp(3, [4, 0], 2)
     with pytest.raises(ConfigError, match=r"activation: got 'relux'"):
         build_mlp(3, [4], 2, "relux")
+
+
+def test_crelu_layers_get_the_relu_gain_and_fourier_has_none():
+    # lecun_uniform bound sqrt(3 / fan_in) times the gain: sqrt(2) for CReLU (as ReLU)
+    torch.manual_seed(0)
+    net = build_mlp(50, [400, 400], 2, "crelu", init="kaiming_uniform_by_activation")
+    bound = float(net.hidden[2].weight.detach().abs().max())  # fan_in 800: twice the 400 units
+    assert math.sqrt(2) * math.sqrt(3 / 800) * 0.99 < bound <= math.sqrt(2) * math.sqrt(3 / 800)
+    with pytest.raises(ConfigError, match="kaiming_uniform_by_activation activation"):
+        build_mlp(3, [4], 2, "fourier", init="kaiming_uniform_by_activation")

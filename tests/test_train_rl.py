@@ -59,13 +59,18 @@ def test_each_agent_preset_trains_and_writes_the_expected_tags(agent, tmp_path):
     tags = scalars(run_dir)
     expected = {"env/friction", "env/changes", "rollout/ep_rew_mean", "train/value_loss"}
     for net in ("pi", "vf"):
-        expected |= {f"plasticity/{net}/weight_magnitude", f"plasticity/{net}/max_weight_change"}
+        expected |= {f"plasticity/{net}/{metric}" for metric in (
+            "weight_magnitude", "max_weight_change", "gradient_norm", "output_churn")}  # fmt: skip
         for layer in ("hidden1", "hidden2"):
             for metric in ("dead_fraction", "dormant_ratio", "effective_rank", "srank99",
-                           "stable_rank", "activation_sparsity"):  # fmt: skip
+                           "stable_rank", "activation_sparsity", "feature_norm",
+                           "duplicate_fraction"):  # fmt: skip
                 expected.add(f"plasticity/{net}/{layer}/{metric}")
     assert expected <= set(tags), sorted(expected - set(tags))
     assert [step for step, _ in tags["plasticity/pi/hidden1/srank99"]] == [256, 512]
+    # no update before the first log: gradients and a previous output come with the second
+    assert [step for step, _ in tags["plasticity/pi/gradient_norm"]] == [512]
+    assert [step for step, _ in tags["plasticity/vf/output_churn"]] == [512]
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints/latest.pt").is_file()
     assert '"complete"' in (run_dir / "status.json").read_text()
 
@@ -101,9 +106,15 @@ CBP_RUN = [
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["--set", "env.vec_env=subproc", "--set", "normalize_observations=true"]],
-    ids=["dummy", "subproc-vecnormalize"],
-)
+    [
+        [],
+        ["--set", "env.vec_env=subproc", "--set", "normalize_observations=true"],
+        # network options with CBP + L2 and ReDo: dropout masks come from the checkpointed RNG
+        ["--set", "policy_net.activation=crelu", "--set", "policy_net.dropout=0.1",
+         "--set", "value_net.layer_norm=true", "--set", "method.redo={period: 3}"],
+    ],
+    ids=["dummy", "subproc-vecnormalize", "crelu-dropout-layer-norm-redo"],
+)  # fmt: skip
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, extra):
     run = [*CBP_RUN, *extra, "--logdir", str(tmp_path)]
     assert main([*run, "--name", "whole"]) == 0
@@ -120,6 +131,10 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, extra):
     )
     replaced = scalars(tmp_path / "whole")
     assert any(tag.endswith("replacements") for tag in replaced)
+    # the output churn after the resume is measured against the checkpointed outputs
+    churn = [scalars(tmp_path / name)["plasticity/vf/output_churn"] for name in ("whole", "cut")]
+    assert [step for step, _ in churn[1]] == [step for step, _ in churn[0]]
+    assert [value for _, value in churn[1]] == pytest.approx([value for _, value in churn[0]])
 
 
 def test_a_run_with_plasticity_injection_resumes_its_grown_policy(tmp_path):

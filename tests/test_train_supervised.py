@@ -70,13 +70,40 @@ def stream_for(agent: str, dirs: dict[str, Path]) -> list[str]:
             *sets(["train.epochs_per_task=1"])]  # fmt: skip
 
 
+def test_gradient_norm_is_logged_where_the_steps_leave_gradients(tmp_path):
+    # plain SGD in the hand-written backward takes fused steps without p.grad: no tag there
+    short = ["stream.kwargs.total_examples=200", "stream.kwargs.bin_size=100"]
+    regression = ["--env", "slowly-changing-regression", *sets(short)]
+    autograd = ["network.activation=tanh", "train.hand_backprop=false"]
+    for name, overrides, logged in [("fused", [], False), ("tanh", autograd, True)]:
+        run(tmp_path, name, *regression, "--agent", "regression-bp", *sets(overrides))
+        names = tags(tmp_path / name)
+        assert ("plasticity/net/gradient_norm" in names) == logged
+        assert ("plasticity/net/hidden1/saturated_fraction" in names) == (name == "tanh")
+
+
+def test_network_options_train_with_cbp_redo_and_shrink_and_perturb(tmp_path):
+    short = ["stream.kwargs.total_examples=200", "stream.kwargs.bin_size=100"]
+    options = ["network.activation=crelu", "network.layer_norm=true", "network.dropout=0.1",
+               "method.redo={period: 20}", "method.shrink_and_perturb={}"]  # fmt: skip
+    results = run(tmp_path, "r", "--env", "slowly-changing-regression", *sets(short),
+                  "--agent", "regression-cbp", *sets(options))  # fmt: skip
+    assert len(results["squared_error_bins"]) == 2
+    names = tags(tmp_path / "r")
+    assert {"plasticity/net/hidden1/replacements", "plasticity/net/hidden1/resets"} <= names
+    config = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert config["network"]["layer_norm"] is True and config["network"]["dropout"] == 0.1
+
+
 @pytest.mark.parametrize("agent", SUPERVISED_AGENTS)
 def test_each_supervised_preset_runs_end_to_end(agent, tmp_path, mnist_dir):
     results = run(tmp_path, "r", *stream_for(agent, {"mnist": mnist_dir}), "--agent", agent)
     names = tags(tmp_path / "r")
     assert "plasticity/net/weight_magnitude" in names
     # the linear learner has no hidden layer, so no hidden-layer metrics
-    assert ("plasticity/net/hidden1/srank99" in names) == (agent != "regression-linear")
+    for metric in ("srank99", "feature_norm", "duplicate_fraction"):
+        assert (f"plasticity/net/hidden1/{metric}" in names) == (agent != "regression-linear")
+    assert "plasticity/net/output_churn" in names  # every stream logs at least twice
     if agent.startswith("regression"):
         assert len(results["squared_error_bins"]) == 3 and "cl/squared_error" in names
     elif "online_accuracy" in results:

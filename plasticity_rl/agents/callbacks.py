@@ -4,10 +4,16 @@ TensorBoard tags (all against env steps, SB3's ``num_timesteps``):
 
 - ``plasticity/<net>/<layer>/<metric>``: ``dead_fraction``, ``dormant_ratio``,
   ``effective_rank``, ``srank99``, ``approximate_rank``, ``stable_rank``,
-  ``activation_sparsity`` of each hidden layer on a probe batch of observations from the latest
-  rollout (``<net>`` is ``pi`` or ``vf``);
+  ``activation_sparsity``, ``feature_norm``, ``duplicate_fraction`` and, for tanh and sigmoid
+  layers, ``saturated_fraction`` of each hidden layer on a probe batch of observations from the
+  latest rollout (``<net>`` is ``pi`` or ``vf``);
 - ``plasticity/<net>/weight_magnitude`` (mean |w|) and ``plasticity/<net>/max_weight_change``
   (the largest sum |delta w| of one optimiser step since the previous log);
+- ``plasticity/<net>/gradient_norm``: the global L2 norm of the gradients of the last
+  minibatch (after SB3's clipping; absent before the first update);
+- ``plasticity/<net>/output_churn``: mean |change| of the network's outputs since the previous
+  log on a fixed reference batch (the first log's probe, kept in the checkpoint; absent at the
+  first log);
 - ``plasticity/<net>/<layer>/<counter>``: what the interventions did since the previous log
   (e.g. units replaced by continual backprop, reset by ReDo);
 - ``env/<quantity>``: the non-stationary env's current value (e.g. ``env/friction``) and its
@@ -29,9 +35,10 @@ from plasticity_rl.agents.checkpoint import save_checkpoint
 from plasticity_rl.agents.config import LoggingConfig
 from plasticity_rl.methods import Method
 from plasticity_rl.metrics import (
+    OutputChurn,
     WeightChangeMonitor,
-    collect_activations,
-    layer_health,
+    gradient_norm,
+    hidden_layer_health,
     weight_magnitude,
 )
 from plasticity_rl.nn import MLP
@@ -54,6 +61,7 @@ class PlasticityCallback(BaseCallback):
         stop: polled at each rollout start; once it has received a signal, the run
             checkpoints there and stops (:class:`plasticity_rl.rundir.StopSignals`).
         on_checkpoint: called with the env steps after each checkpoint (``status.json``).
+        churn: each network's output-churn state (restored on resume; checkpointed).
 
     Metrics are also logged at the first rollout end and at the end of training, so a short
     run has them. No checkpoint is written before the first env step of this ``learn`` call
@@ -71,6 +79,7 @@ class PlasticityCallback(BaseCallback):
         schedule: dict[str, int] | None = None,
         stop: StopSignals | None = None,
         on_checkpoint: Callable[[int], None] | None = None,
+        churn: dict[str, dict[str, Any]] | None = None,
     ):
         super().__init__()
         self.networks, self.methods, self.cfg = networks, methods, logging
@@ -87,6 +96,8 @@ class PlasticityCallback(BaseCallback):
         self._start_steps = 0
         self._metrics_logged_at: int | None = None
         self._monitor = WeightChangeMonitor()
+        churn = churn or {}
+        self._churn = {name: OutputChurn(churn.get(name)) for name in networks}
         self._handles: list[Any] = []
         self._env_values: dict[int, dict[str, float]] = {}
 
@@ -138,9 +149,9 @@ class PlasticityCallback(BaseCallback):
         """Write the checkpoint now; nothing before this ``learn`` call's first env step (nor
         without a checkpoint path)."""
         if self.checkpoint_path is not None and self.num_timesteps > self._start_steps:
-            save_checkpoint(
-                self.checkpoint_path, self.model, self.methods, {"schedule": dict(self.schedule)}
-            )
+            churn = {name: monitor.state for name, monitor in self._churn.items()}
+            extra = {"schedule": dict(self.schedule), "churn": churn}
+            save_checkpoint(self.checkpoint_path, self.model, self.methods, extra)
             self.checkpoint_steps = self.num_timesteps
             if self.on_checkpoint is not None:
                 self.on_checkpoint(self.num_timesteps)
@@ -169,10 +180,14 @@ class PlasticityCallback(BaseCallback):
         probe = self._probe()
         record: Callable[[str, float], None] = self.logger.record
         for net_name, net in self.networks.items():
-            for layer_name, h in collect_activations(net, probe).items():
-                for metric, value in layer_health(h, self.cfg.dormant_tau).items():
-                    record(f"plasticity/{net_name}/{layer_name}/{metric}", value)
+            for key, value in hidden_layer_health(net, probe, self.cfg.dormant_tau).items():
+                record(f"plasticity/{net_name}/{key}", value)
             record(f"plasticity/{net_name}/weight_magnitude", weight_magnitude(net))
+            optional = {"gradient_norm": gradient_norm(net),
+                        "output_churn": self._churn[net_name].measure(net, probe)}  # fmt: skip
+            for key, value in optional.items():
+                if value is not None:
+                    record(f"plasticity/{net_name}/{key}", value)
         for net_name, change in self._monitor.pop_max().items():
             record(f"plasticity/{net_name}/max_weight_change", change)
 

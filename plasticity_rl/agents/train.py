@@ -201,12 +201,12 @@ def train(
         model, methods = build_agent(cfg, env)
     else:
         env, model, methods = prepared
-    schedule = None
+    extra: dict[str, Any] = {}
     try:
         if resume:
-            schedule = load_checkpoint(run_dir / CHECKPOINT, model, methods)["schedule"]
+            extra = load_checkpoint(run_dir / CHECKPOINT, model, methods)
         with RunLock(run_dir), StopSignals() as stop:
-            return _learn(cfg, run_dir, model, methods, schedule, stop, progress_bar, resume)
+            return _learn(cfg, run_dir, model, methods, extra, stop, progress_bar, resume)
     finally:
         env.close()
 
@@ -216,7 +216,7 @@ def _finite(model: PPO) -> bool:
 
 
 def _learn(cfg: RLRunConfig, run_dir: Path, model: PPO, methods: dict[str, Method],
-           schedule: dict[str, int] | None, stop: StopSignals, progress_bar: bool,
+           extra: dict[str, Any], stop: StopSignals, progress_bar: bool,
            resume: bool) -> PPO:  # fmt: skip
     write_text_atomic(run_dir / "config.yaml", to_yaml(cfg))  # a resume may extend total_steps
     model.set_logger(configure(str(run_dir), ["tensorboard"]))
@@ -228,8 +228,10 @@ def _learn(cfg: RLRunConfig, run_dir: Path, model: PPO, methods: dict[str, Metho
     def on_checkpoint(steps: int) -> None:
         status("running", checkpoint_env_steps=steps)
 
+    # extra: the callback's schedule and output-churn state of the checkpoint resumed from
     callback = PlasticityCallback(model.policy.networks, methods, cfg.logging,
-                                  run_dir / CHECKPOINT, schedule, stop, on_checkpoint)  # fmt: skip
+                                  run_dir / CHECKPOINT, extra.get("schedule"), stop,
+                                  on_checkpoint, extra.get("churn"))  # fmt: skip
     status("running")
     start = time.time()
     try:

@@ -480,6 +480,12 @@ def reset_units(
     :data:`plasticity_rl.optim.state.OPTIMIZER_STATE_RESETS`) is then applied to exactly those
     rows, bias entries and columns. Used by continual backprop and ReDo.
 
+    A unit of a concatenating activation (CReLU, Fourier) has all its k outgoing columns
+    zeroed (:meth:`~plasticity_rl.nn.mlp.HiddenLayer.per_feature`). A pre-activation
+    LayerNorm gets gain 1 and bias 0 at the units (its init), with their optimiser state
+    reset the same way; since the norm mixes all units of the layer, the other units' outputs
+    change a little when a unit's incoming weights are redrawn.
+
     ``units`` is a 1-D long tensor of unit indices, or a bool unit mask with the layer's run
     dims (``(width,)`` for a plain layer, ``(S, width)`` for a batched one: ``units[s, j]``
     resets unit j of run s). Each run with a reset draws one fresh weight matrix from its own
@@ -495,11 +501,19 @@ def reset_units(
             incoming.project_()
         if incoming.bias is not None:
             incoming.bias.masked_fill_(units, 0.0)
-        set_weight(outgoing, units, torch.zeros_like(outgoing.weight), dim=1)
+        features = layer.per_feature(units)
+        set_weight(outgoing, features, torch.zeros_like(outgoing.weight), dim=1)
+        norm_parameters = [] if layer.norm is None else [
+            (p, value) for p, value in ((layer.norm.weight, 1.0), (layer.norm.bias, 0.0))
+            if p is not None]  # fmt: skip
+        for param, value in norm_parameters:
+            param.masked_fill_(units, value)
     reset_optimizer_state(optimizer, layer_parameter(incoming), units, 0, optimizer_state)
     if incoming.bias is not None:
         reset_optimizer_state(optimizer, incoming.bias, units, 0, optimizer_state)
-    reset_optimizer_state(optimizer, layer_parameter(outgoing), units, 1, optimizer_state)
+    for param, _ in norm_parameters:
+        reset_optimizer_state(optimizer, param, units, 0, optimizer_state)
+    reset_optimizer_state(optimizer, layer_parameter(outgoing), features, 1, optimizer_state)
 
 
 def reset_layer(

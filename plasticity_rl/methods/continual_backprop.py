@@ -32,6 +32,12 @@ w_out[:, j] f^_j is added to the next layer's bias (skipped if that layer has no
 contribution is then lost), the unit gets fresh incoming weights and zero outgoing weights
 (:func:`~plasticity_rl.methods.base.reset_units`), and u_j = f_j = a_j = 0.
 
+A unit of a concatenating activation (CReLU, deep Fourier features: features h_j, h_{j+n})
+keeps a running mean f per feature (for the bias transfer, over all the unit's outgoing
+columns) and one utility and age: y_j is the sum of its features' terms, each feature with its
+own outgoing column (``adaptable_contribution``: the sum divided once by the unit's incoming
+magnitude), so replacing the unit removes exactly what its features contributed.
+
 The reference code (``lop/algos/gnt.py``) zeroes f_j before it computes that bias transfer, so
 there it adds nothing; this is a plain bug (the transfer is the step the 2021 paper describes)
 and is kept out here.
@@ -78,7 +84,8 @@ class UnitStatistics:
     utility: Tensor
     """u: running contribution utility (not bias-corrected)."""
     mean_activation: Tensor
-    """f: running mean activation (not bias-corrected)."""
+    """f: running mean activation (not bias-corrected), one per output feature of the layer
+    (k per unit for a concatenating activation, :attr:`HiddenLayer.features`)."""
     age: Tensor
     """a: optimiser steps since the unit was created (int64)."""
     pending_replacements: Tensor
@@ -180,7 +187,7 @@ class ContinualBackprop(HiddenLayerMethod):
             zeros = torch.zeros(*runs, layer.width, device=device)
             stats = UnitStatistics(
                 utility=zeros.clone(),
-                mean_activation=zeros.clone(),
+                mean_activation=torch.zeros(*runs, layer.features, device=device),
                 age=zeros.long(),
                 pending_replacements=torch.zeros(runs, dtype=torch.float64, device=device),
             )
@@ -214,16 +221,16 @@ class ContinualBackprop(HiddenLayerMethod):
         stats, views, eta = self.statistics[layer.name], self._views[layer.name], self.decay_rate
         utility, mean_activation, age, pending = (
             views.utility, views.mean_activation, views.age, views.pending)  # fmt: skip
-        h = h.reshape(utility.shape[0], -1, layer.width)
+        h = h.reshape(utility.shape[0], -1, layer.features)
         w_out = views.w_out
         if w_out is None:  # a parametrized weight is recomputed from its parameter
             w_out = with_run_dim(layer.outgoing.weight.detach(), layer.outgoing)
-        contribution = self._magnitude(w_out, 1)
+        contribution = self._magnitude(w_out, 1)  # per feature, (S, features)
         age += 1
         bias_correction = 1 - eta ** age.to(utility.dtype)
-        h_mean = batch_mean(h)  # mean_i h_ij, (S, units)
+        h_mean = batch_mean(h)  # mean_i h_ij, (S, features)
         if self.utility == "contribution":
-            contribution.mul_(batch_mean(h.abs()))
+            contribution = layer.per_unit(contribution.mul_(batch_mean(h.abs())))
             # eta u + (1 - eta) x for u and f together
             torch._foreach_lerp_([utility, mean_activation], [contribution, h_mean], 1 - eta)
         else:
@@ -231,8 +238,10 @@ class ContinualBackprop(HiddenLayerMethod):
             w_in = views.w_in
             if w_in is None:
                 w_in = with_run_dim(layer.incoming.weight.detach(), layer.incoming)
-            deviation = (h - (mean_activation / bias_correction).unsqueeze(1)).abs()
-            contribution.mul_(batch_mean(deviation)).div_(self._magnitude(w_in, 2))
+            mean_hat = mean_activation / layer.per_feature(bias_correction)
+            deviation = (h - mean_hat.unsqueeze(1)).abs()
+            contribution = layer.per_unit(contribution.mul_(batch_mean(deviation)))
+            contribution.div_(self._magnitude(w_in, 2))
             utility.lerp_(contribution, 1 - eta)
 
         eligible = age > self._maturity
@@ -248,14 +257,17 @@ class ContinualBackprop(HiddenLayerMethod):
         ranks = torch.empty_like(order).scatter_(1, order, positions)
         units = ranks < n_replace.unsqueeze(1)
 
+        features = layer.per_feature(units)
         if layer.outgoing.bias is not None:
-            mean_activation_hat = torch.where(units, mean_activation / bias_correction, 0.0)
+            mean_activation_hat = torch.where(
+                features, mean_activation / layer.per_feature(bias_correction), 0.0
+            )
             shift = torch.bmm(w_out, mean_activation_hat.unsqueeze(2)).squeeze(2)
             with torch.no_grad():
                 with_run_dim(layer.outgoing.bias, layer.outgoing).add_(shift)
         reset_units(layer, units.view(stats.utility.shape), self.optimizer, self.optimizer_state)
         utility.masked_fill_(units, 0.0)
-        mean_activation.masked_fill_(units, 0.0)
+        mean_activation.masked_fill_(features, 0.0)
         age.masked_fill_(units, 0)
         self._counts[layer.name] += n_replace.view(stats.pending_replacements.shape)
 

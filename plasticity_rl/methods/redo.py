@@ -7,7 +7,9 @@ last training forward, the units with normalised score
     s_j = mean_i |h_ij| / ((1/n_units) sum_k mean_i |h_ik|)  <=  tau
 
 (:func:`plasticity_rl.metrics.network.dormancy_scores`, the formula of the ``dormant_ratio``
-metric) get fresh incoming weights and zero outgoing weights
+metric; a unit of a concatenating activation such as CReLU, with k features, scores the mean of
+its features' scores, which is the formula on its summed activity sum_f mean_i |h_if|) get
+fresh incoming weights and zero outgoing weights
 (:func:`~plasticity_rl.methods.base.reset_units`); in a batched network each run scores and
 resets its own units. Dohare et al. 2024 run it on PPO with
 tau = 0.1 and a period of 100 optimiser steps, the defaults here.
@@ -78,12 +80,13 @@ class ReDo(HiddenLayerMethod):
 
     def _scores(self, layer: HiddenLayer, activations: dict[str, Tensor]) -> Tensor | None:
         """Each unit's dormancy score, with the layer's run dims (a batched layer: every run
-        scores its own units); None when the layer has nothing to score this step."""
+        scores its own units; a unit with several features, e.g. CReLU's two, scores the mean
+        of its features' scores); None when the layer has nothing to score this step."""
         if layer.name not in activations:
             return None
         runs = run_shape(layer.incoming)
-        h = activations[layer.name].reshape(*runs, -1, layer.width)
-        return dormancy_scores(h, run_dims=len(runs))
+        h = activations[layer.name].reshape(*runs, -1, layer.features)
+        return layer.per_unit(dormancy_scores(h, run_dims=len(runs))) / layer.features_per_unit
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "steps": self.steps}

@@ -6,18 +6,26 @@ An activation matrix ``h`` is one layer's post-activation output on a probe batc
 every hidden layer found by :func:`plasticity_rl.nn.mlp.hidden_layers`.
 
 The rank metrics use the singular values sigma_1 >= sigma_2 >= ... of ``h``, computed in float64.
+With a concatenating activation (CReLU, deep Fourier features) the columns of ``h`` are the
+layer's output features (two per unit), and the activation metrics count features.
+
+Metrics of a whole network: :func:`weight_magnitude`, :func:`gradient_norm` (of the gradients
+the last backward left, no backward of its own) and :class:`OutputChurn` (the change of the
+outputs on a fixed reference batch between two measurements).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from plasticity_rl.nn.layers import BatchedLinear
 from plasticity_rl.nn.mlp import hidden_layers
 from plasticity_rl.registry import require
 
@@ -31,10 +39,32 @@ is exactly on the threshold (sigma = [3, 1], threshold 0.75) would otherwise lan
 WEIGHT_LAYERS = (nn.Linear, nn.Conv2d)
 """Module types whose ``weight`` (and ``bias``) the weight metrics read."""
 
+DUPLICATE_TOLERANCE = 1e-3
+"""Units j != k are duplicates when ||h_j - h_k||_2 <= 1e-3 max(||h_j||_2, ||h_k||_2)."""
+
+SATURATION_MARGIN = 0.01
+"""A bounded unit is saturated within 1% of its range of a bound (tanh: |h| >= 0.98)."""
+
+SATURATION_BOUNDS: dict[type[nn.Module], tuple[float, float]] = {
+    nn.Tanh: (-1.0, 1.0),
+    nn.Sigmoid: (0.0, 1.0),
+}
+"""The bounds of the saturating activations, by module type."""
+
 
 def _rows(h: Tensor) -> Tensor:
     """``h`` as a detached ``(n_rows, n_units)`` matrix: all but the last dim flattened."""
     return h.detach().reshape(-1, h.shape[-1])
+
+
+def _gram(rows: Tensor) -> Tensor:
+    """The smaller Gram matrix of a float64 ``(n_rows, n_units)`` matrix: h^T h or h h^T."""
+    return rows.T @ rows if rows.shape[0] >= rows.shape[1] else rows @ rows.T
+
+
+def _singular_values_of_gram(gram: Tensor) -> Tensor:
+    """sqrt of the eigenvalues of a Gram matrix, sorted descending."""
+    return torch.linalg.eigvalsh(gram).clamp_min(0.0).flip(0).sqrt()
 
 
 def _singular_values(h: Tensor) -> Tensor:
@@ -45,10 +75,7 @@ def _singular_values(h: Tensor) -> Tensor:
     in float64 the relative error of sigma_i is ~1e-16 * (sigma_max / sigma_i)^2, far below
     what the rank metrics resolve.
     """
-    rows = _rows(h).to(torch.float64)
-    gram = rows.T @ rows if rows.shape[0] >= rows.shape[1] else rows @ rows.T
-    eigenvalues = torch.linalg.eigvalsh(gram).clamp_min(0.0)
-    return eigenvalues.flip(0).sqrt()
+    return _singular_values_of_gram(_gram(_rows(h).to(torch.float64)))
 
 
 def dead_fraction(h: Tensor, eps: float = 0.0) -> float:
@@ -177,19 +204,86 @@ def activation_sparsity(h: Tensor) -> float:
     return (h.detach() == 0).float().mean().item()
 
 
-def layer_health(h: Tensor, dormant_tau: float = 0.1) -> dict[str, float]:
-    """All activation metrics of one layer (one SVD shared by the three rank metrics).
+def feature_norm(h: Tensor) -> float:
+    """Mean L2 norm of a row, (1/N) sum_i ||h_i||_2: the size of the layer's feature vectors.
+
+    Growing feature norms accompany plasticity loss (Lyle et al. 2024, "Disentangling the
+    causes of plasticity loss in neural networks"). An empty matrix gives NaN.
+    """
+    return _rows(h).to(torch.float64).norm(dim=1).mean().item()
+
+
+def _duplicate_fraction_of(column_gram: Tensor, tol: float) -> float:
+    """:func:`duplicate_fraction` from the units' Gram matrix G = h^T h (float64)."""
+    squared = column_gram.diagonal()
+    distance = (squared.unsqueeze(0) + squared.unsqueeze(1) - 2 * column_gram).clamp_min(0.0)
+    scale = torch.maximum(squared.unsqueeze(0), squared.unsqueeze(1))
+    close = distance <= tol**2 * scale  # ||h_j - h_k||^2 <= tol^2 max(||h_j||^2, ||h_k||^2)
+    close.fill_diagonal_(False)
+    alive = squared > 0
+    return ((close & alive.unsqueeze(0)).any(dim=1) & alive).double().mean().item()
+
+
+def duplicate_fraction(h: Tensor, tol: float = DUPLICATE_TOLERANCE) -> float:
+    """Fraction of units whose activation column duplicates another unit's on the probe batch.
+
+    Unit j counts when some unit k != j has ||h_j - h_k||_2 <= tol max(||h_j||_2, ||h_k||_2)
+    (columns over the probe rows). Units that are zero on every row are left out (they are
+    :func:`dead_fraction`'s): they count neither as duplicates nor as the unit duplicated.
+    Duplicated units add nothing to the layer's function that one of them could not (a loss of
+    effective width, as dead units are).
+    """
+    require(tol >= 0, "duplicate_fraction.tol", tol, "a number >= 0")
+    rows = _rows(h).to(torch.float64)
+    return _duplicate_fraction_of(rows.T @ rows, tol)
+
+
+def saturation_bounds(activation: nn.Module) -> tuple[float, float] | None:
+    """(low, high) of a saturating activation (tanh, sigmoid); None for any other."""
+    return SATURATION_BOUNDS.get(type(activation))
+
+
+def saturated_fraction(
+    h: Tensor, low: float = -1.0, high: float = 1.0, margin: float = SATURATION_MARGIN
+) -> float:
+    """Fraction of units pinned near a bound of a bounded activation on every probe row.
+
+    Unit j is saturated when, for every row i, h_ij <= low + margin (high - low) or
+    h_ij >= high - margin (high - low): with the defaults (tanh, 1%) |h_ij| >= 0.98 on every
+    row, where tanh' = 1 - h^2 <= 0.04; for sigmoid (low 0, high 1) h_ij <= 0.01 or >= 0.99.
+    Such a unit passes almost no gradient (Glorot & Bengio 2010 on saturated units).
+    """
+    require(high > low, "saturated_fraction.high", high, f"a number > low ({low})")
+    require(0 < margin < 0.5, "saturated_fraction.margin", margin, "a number in (0, 0.5)")
+    rows, band = _rows(h), margin * (high - low)
+    pinned = (rows <= low + band) | (rows >= high - band)
+    return pinned.all(dim=0).float().mean().item()
+
+
+def layer_health(
+    h: Tensor, dormant_tau: float = 0.1, saturation: tuple[float, float] | None = None
+) -> dict[str, float]:
+    """All activation metrics of one layer (one Gram matrix shared by the three rank metrics
+    and, for a probe with at least as many rows as units, the duplicate count).
 
     Keys: ``dead_fraction``, ``dormant_ratio`` (at ``dormant_tau``), ``effective_rank``,
     ``srank99`` (:func:`srank` at 0.99), ``approximate_rank`` (:func:`approximate_rank` at
-    0.99), ``stable_rank``, ``activation_sparsity``.
-    Activations of a diverged network (inf or NaN) give NaN rank metrics instead of an error,
-    so a run that blows up is still logged.
+    0.99), ``stable_rank``, ``activation_sparsity``, ``feature_norm``, ``duplicate_fraction``,
+    and, given the activation's ``saturation`` bounds (:func:`saturation_bounds`),
+    ``saturated_fraction``.
+    Activations of a diverged network (inf or NaN) give NaN rank and duplicate metrics instead
+    of an error, so a run that blows up is still logged.
     """
     finite = bool(torch.isfinite(h).all())
-    sigma = _singular_values(h) if finite else None
     nan = float("nan")
-    return {
+    rows = _rows(h).to(torch.float64)
+    gram = _gram(rows) if finite else None
+    sigma = _singular_values_of_gram(gram) if finite else None
+    duplicates = nan
+    if finite:
+        column_gram = gram if rows.shape[0] >= rows.shape[1] else rows.T @ rows
+        duplicates = _duplicate_fraction_of(column_gram, DUPLICATE_TOLERANCE)
+    health = {
         "dead_fraction": dead_fraction(h),
         "dormant_ratio": dormant_ratio(h, dormant_tau),
         "effective_rank": _effective_rank_of(sigma) if finite else nan,
@@ -197,7 +291,122 @@ def layer_health(h: Tensor, dormant_tau: float = 0.1) -> dict[str, float]:
         "approximate_rank": float(_srank_of(sigma.square(), 0.99)) if finite else nan,
         "stable_rank": _stable_rank_of(sigma) if finite else nan,
         "activation_sparsity": activation_sparsity(h),
+        "feature_norm": feature_norm(h),
+        "duplicate_fraction": duplicates,
     }
+    if saturation is not None:
+        health["saturated_fraction"] = saturated_fraction(h, *saturation)
+    return health
+
+
+def hidden_layer_health(
+    model: nn.Module | Sequence[nn.Module],
+    probe: Tensor,
+    dormant_tau: float = 0.1,
+    forward: Callable[[Tensor], Any] | None = None,
+) -> dict[str, float]:
+    """:func:`layer_health` of every hidden layer on ``probe``, as ``{"<layer>/<metric>": v}``.
+
+    Activations as :func:`collect_activations` records them; ``saturated_fraction`` for the
+    layers whose activation saturates (tanh, sigmoid).
+    """
+    bounds = {layer.name: saturation_bounds(layer.activation) for layer in hidden_layers(model)}
+    return {
+        f"{name}/{metric}": value
+        for name, h in collect_activations(model, probe, forward).items()
+        for metric, value in layer_health(h, dormant_tau, bounds[name]).items()
+    }
+
+
+def _gradients(parameters: Iterable[Tensor]) -> list[Tensor]:
+    return [p.grad.detach() for p in parameters if p.grad is not None]
+
+
+def gradient_norm(model: nn.Module | Iterable[Tensor]) -> float | None:
+    """Global L2 norm of the current gradients, sqrt(sum_p ||p.grad||_2^2).
+
+    Reads the ``.grad`` the last backward left (no backward of its own), over the parameters
+    that have one; None when none has (before the first backward, or when the optimiser's
+    steps consumed the gradients: the hand-written backward's fused SGD steps,
+    :mod:`plasticity_rl.optim.fused`). In PPO the gradients are those of the last minibatch,
+    after SB3's gradient clipping. For a batched network it is the norm over all runs
+    (:func:`run_gradient_norms` gives each run's).
+    """
+    params = model.parameters() if isinstance(model, nn.Module) else model
+    grads = _gradients(params)
+    if not grads:
+        return None
+    return torch.stack(torch._foreach_norm(grads)).double().norm().item()
+
+
+def run_gradient_norms(model: nn.Module) -> list[float] | None:
+    """:func:`gradient_norm` of each run of a batched network (a list of one for a plain one).
+
+    The gradients of batched layers (:class:`~plasticity_rl.nn.layers.BatchedLinear`, leading
+    run dim) are split by run; any other gradient counts in every run.
+    """
+    batched = {id(p) for m in model.modules() if isinstance(m, BatchedLinear)
+               for p in m.parameters()}  # fmt: skip
+    per_run: list[Tensor] = []
+    shared = torch.zeros((), dtype=torch.float64)
+    for p in model.parameters():
+        if p.grad is None:
+            continue
+        g = p.grad.detach().double()
+        if id(p) in batched:
+            per_run.append(g.flatten(1).square().sum(1))
+        else:
+            shared = shared + g.square().sum()
+    if not per_run:
+        norm = gradient_norm(model)
+        return None if norm is None else [norm]
+    return (torch.stack(per_run).sum(0) + shared).sqrt().tolist()
+
+
+def output_churn(before: Tensor, after: Tensor) -> float:
+    """Mean absolute change of the outputs, (1/(N K)) sum_i sum_k |after_ik - before_ik|.
+
+    The outputs of one network on the same N reference inputs at two times (K outputs each):
+    the churn of Schaul et al. 2022 ("The phenomenon of policy churn") and Tang & Berseth
+    2024 ("Improving deep reinforcement learning by reducing the chain effect of value and
+    policy churn"), whose value churn is this with K = 1.
+    """
+    if before.shape != after.shape:
+        raise ValueError(f"output_churn: shapes differ, {tuple(before.shape)} and "
+                         f"{tuple(after.shape)}")  # fmt: skip
+    return (after.detach().double() - before.detach().double()).abs().mean().item()
+
+
+class OutputChurn:
+    """:func:`output_churn` of a network between consecutive calls of :meth:`measure`, on a
+    fixed reference batch: the probe given at the first call.
+
+    The outputs are computed in eval mode under ``no_grad`` (dropout off, modules' training
+    flags restored). The reference batch and the last outputs are kept in ``state`` (a dict
+    with the keys ``reference`` and ``outputs``), which the caller may hand in and keep in its
+    checkpoint, so a resumed run measures against the same batch and outputs. Example::
+
+        churn = OutputChurn()
+        churn.measure(net, probe)  # None: keeps probe as the reference batch and net's outputs
+        ...  # train
+        churn.measure(net, probe)  # mean |f_now(reference) - f_then(reference)|
+    """
+
+    def __init__(self, state: dict[str, Tensor | None] | None = None) -> None:
+        self.state = {} if state is None else state
+        self.state.setdefault("reference", None)
+        self.state.setdefault("outputs", None)
+
+    def measure(self, model: nn.Module, probe: Tensor) -> float | None:
+        """The churn since the previous call (None at the first); ``probe`` is used only at
+        the first call, as the reference batch."""
+        if self.state["reference"] is None:
+            self.state["reference"] = probe.detach().clone()
+        with evaluation_mode([model]), torch.no_grad():
+            outputs = model(self.state["reference"]).detach().clone()
+        before = self.state["outputs"]
+        self.state["outputs"] = outputs
+        return None if before is None else output_churn(before, outputs)
 
 
 def _weight_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -375,21 +584,30 @@ def collect_activations(
         return record
 
     layers = hidden_layers(model)
-    modes = [(m, m.training) for root in roots for m in root.modules()]
     handles: list[RemovableHandle] = []
     try:
         for layer in layers:
             handles.append(layer.activation.register_forward_hook(recorder(layer.name)))
-        for root in roots:
-            root.eval()
-        with torch.no_grad():
+        with evaluation_mode(roots), torch.no_grad():
             forward(probe)
     finally:
         for handle in handles:
             handle.remove()
-        for module, training in modes:
-            module.training = training
     missing = [layer.name for layer in layers if layer.name not in outputs]
     if missing:
         raise RuntimeError(f"collect_activations: forward did not run hidden layers {missing}")
     return outputs
+
+
+@contextmanager
+def evaluation_mode(roots: Sequence[nn.Module]) -> Iterator[None]:
+    """Every module of ``roots`` in eval mode inside the block; each module's own training
+    flag is restored afterwards, also on error."""
+    modes = [(m, m.training) for root in roots for m in root.modules()]
+    try:
+        for root in roots:
+            root.eval()
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training

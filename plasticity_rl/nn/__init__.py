@@ -12,7 +12,9 @@ from plasticity_rl.nn.batched import (
 )
 from plasticity_rl.nn.layers import (
     INIT_SCHEMES,
+    BatchedLayerNorm,
     BatchedLinear,
+    Dropout,
     NonNegLinear,
     PowerProp,
     SDMLinear,
@@ -32,7 +34,9 @@ from plasticity_rl.nn.mlp import MLP, HiddenLayer, MLPConfig, build_mlp, hidden_
 
 __all__ = [
     "ACTIVATIONS",
+    "BatchedLayerNorm",
     "BatchedLinear",
+    "Dropout",
     "INIT_SCHEMES",
     "MLP",
     "HiddenLayer",

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from plasticity_rl.nn.activations import CReLU, Fourier
 from plasticity_rl.nn.layers import BatchedLinear, keep_updates_pending
 from plasticity_rl.nn.mlp import MLP
 from plasticity_rl.optim.fused import FusedSGD, consume_grad
@@ -81,6 +82,20 @@ def keeps_deferred_steps(hook: Callable[..., Any]) -> Callable[..., Any]:
 ActivationBackward = Callable[[Tensor, Tensor, Tensor, nn.Module], Tensor]
 """``(grad_h, z, h, module) -> grad_z`` for h = module(z)."""
 
+
+def _crelu_backward(grad: Tensor, h: Tensor) -> Tensor:
+    """h = [relu(z), relu(-z)]: dz = g_1 [z > 0] - g_2 [z < 0] (autograd's relu kernels)."""
+    (g1, g2), (h1, h2) = grad.chunk(2, -1), h.chunk(2, -1)
+    threshold = torch.ops.aten.threshold_backward
+    return threshold(g1, h1, 0.0) - threshold(g2, h2, 0.0)
+
+
+def _fourier_backward(grad: Tensor, h: Tensor) -> Tensor:
+    """h = [sin z, cos z]: dz = g_1 cos z - g_2 sin z, with sin z and cos z read from h."""
+    (g1, g2), (sin, cos) = grad.chunk(2, -1), h.chunk(2, -1)
+    return g1 * cos - g2 * sin
+
+
 ACTIVATION_BACKWARD: dict[type[nn.Module], ActivationBackward] = {
     nn.ReLU: lambda g, z, h, m: torch.ops.aten.threshold_backward(g, h, 0.0),
     nn.Identity: lambda g, z, h, m: g,
@@ -91,6 +106,8 @@ ACTIVATION_BACKWARD: dict[type[nn.Module], ActivationBackward] = {
     ),
     nn.ELU: lambda g, z, h, m: torch.ops.aten.elu_backward(g, m.alpha, 1, 1, False, z),
     nn.SiLU: lambda g, z, h, m: torch.ops.aten.silu_backward(g, z),
+    CReLU: lambda g, z, h, m: _crelu_backward(g, h),
+    Fourier: lambda g, z, h, m: _fourier_backward(g, h),
 }
 """The derivative of each supported activation (exact type), with autograd's kernels."""
 

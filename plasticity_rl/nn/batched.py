@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from plasticity_rl.nn.layers import BatchedLinear
+from plasticity_rl.nn.layers import BATCHED_MODULES, BatchedLayerNorm, BatchedLinear, Dropout
 from plasticity_rl.registry import ConfigError
 
 
@@ -48,9 +48,11 @@ def stack_runs(networks: Sequence[nn.Module], generators: Sequence[torch.Generat
     """One batched network whose run s is ``networks[s]`` (all of the same architecture).
 
     Every ``nn.Linear`` becomes a :class:`BatchedLinear` of the stacked layers, ``nn.Flatten``
-    keeps the run dim; parameter-free modules (activations) are shared. Modules with their own
-    parameters other than linear layers (convolutions, normalisation) are refused, and so is
-    Top-K's GABA switch, whose counters are per unit and not per run.
+    keeps the run dim, :class:`~plasticity_rl.nn.layers.Dropout` draws each run's mask from
+    the run's generator, ``nn.LayerNorm`` becomes a :class:`BatchedLayerNorm`; other
+    parameter-free modules (activations) are shared. Modules with other parameters
+    (convolutions, other normalisations) are refused, and so is Top-K's GABA switch, whose
+    counters are per unit and not per run.
 
     The returned module keeps a copy of ``networks[0]`` as ``run_template`` for
     :func:`run_module`.
@@ -69,6 +71,11 @@ def stack_runs(networks: Sequence[nn.Module], generators: Sequence[torch.Generat
             start = module.start_dim + 1 if module.start_dim >= 0 else module.start_dim
             end = module.end_dim + 1 if module.end_dim >= 0 else module.end_dim
             _replace(batched, name, nn.Flatten(start, end))
+        elif isinstance(module, Dropout):
+            _replace(batched, name, Dropout(module.p, generators))
+        elif isinstance(module, nn.LayerNorm):
+            norms = [net.get_submodule(name) for net in networks]
+            _replace(batched, name, BatchedLayerNorm.stack(norms))  # type: ignore[arg-type]
         elif next(module.parameters(recurse=False), None) is not None:
             raise ConfigError(
                 "network", type(module).__name__, "linear layers and parameter-free modules "
@@ -100,8 +107,7 @@ def run_state_dict(model: nn.Module, run: int) -> dict[str, Tensor]:
     Tensors of batched layers are sliced at ``run``; other tensors (e.g. Top-K's forward
     counter) are shared by all runs and copied. Every tensor is a copy.
     """
-    prefixes = tuple(f"{n}." if n else "" for n, m in model.named_modules()
-                     if isinstance(m, BatchedLinear))  # fmt: skip
+    prefixes = _batched_prefixes(model)
     return {
         key: (value[run] if prefixes and key.startswith(prefixes) else value).clone()
         for key, value in model.state_dict().items()
@@ -113,14 +119,19 @@ def stack_run_state_dicts(
 ) -> dict[str, Tensor]:
     """The batched network's ``state_dict`` whose run s is ``states[s]``: the inverse of
     :func:`run_state_dict` (tensors of batched layers stacked, shared tensors from run 0)."""
-    prefixes = tuple(f"{n}." if n else "" for n, m in model.named_modules()
-                     if isinstance(m, BatchedLinear))  # fmt: skip
+    prefixes = _batched_prefixes(model)
     return {
         key: torch.stack([state[key] for state in states])
         if prefixes and key.startswith(prefixes)
         else value
         for key, value in states[0].items()
     }
+
+
+def _batched_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """The ``state_dict`` key prefixes of the modules whose tensors have the run dim."""
+    return tuple(f"{n}." if n else "" for n, m in model.named_modules()
+                 if isinstance(m, BATCHED_MODULES))  # fmt: skip
 
 
 def run_module(model: nn.Module, run: int, into: nn.Module | None = None) -> nn.Module:

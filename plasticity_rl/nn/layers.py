@@ -382,6 +382,56 @@ class BatchedLinear(nn.Linear):
                 f"out_features={self.out_features}, bias={self.bias is not None}")  # fmt: skip
 
 
+class BatchedLayerNorm(nn.LayerNorm):
+    """S independent LayerNorms of one width, stacked: run s computes
+    (x_s - mean(x_s)) / sqrt(var(x_s) + eps) * gain_s + bias_s over the last dim.
+
+    ``weight`` (the gain) and ``bias`` are ``(S, n)``; the input is ``(S, B, n)``, normalised
+    run by run (S calls of torch's fused kernel, so each run gets exactly the numbers of its
+    own ``nn.LayerNorm``). It is an ``nn.LayerNorm`` with a leading run dim on its tensors, so
+    hidden-layer discovery finds it as a layer's norm. Build one from S ``nn.LayerNorm`` with
+    :meth:`stack`.
+    """
+
+    def __init__(self, runs: int, width: int, eps: float = 1e-5, bias: bool = True):
+        nn.Module.__init__(self)
+        self.runs, self.normalized_shape, self.eps = runs, (width,), eps
+        self.elementwise_affine = True
+        self.weight = nn.Parameter(torch.ones(runs, width))
+        self.bias = nn.Parameter(torch.zeros(runs, width)) if bias else None
+
+    @classmethod
+    def stack(cls, norms: Sequence[nn.LayerNorm]) -> BatchedLayerNorm:
+        """One batched norm whose run s is ``norms[s]`` (affine, over the last dim only)."""
+        first = norms[0]
+        if not (first.elementwise_affine and len(first.normalized_shape) == 1):
+            raise ConfigError("network", "LayerNorm", "an affine LayerNorm over the last dim "
+                              "for batched runs")  # fmt: skip
+        batched = cls(len(norms), first.normalized_shape[0], first.eps, first.bias is not None)
+        with torch.no_grad():
+            batched.weight.copy_(torch.stack([norm.weight for norm in norms]))
+            if batched.bias is not None:
+                batched.bias.copy_(torch.stack([norm.bias for norm in norms]))
+        return batched
+
+    def forward(self, x: Tensor) -> Tensor:
+        # run by run, with torch's fused kernel: the numbers of each run's own nn.LayerNorm
+        biases = [None] * self.runs if self.bias is None else self.bias
+        return torch.stack(
+            [
+                F.layer_norm(x_s, self.normalized_shape, w_s, b_s, self.eps)
+                for x_s, w_s, b_s in zip(x, self.weight, biases, strict=True)
+            ]
+        )
+
+    def extra_repr(self) -> str:
+        return f"runs={self.runs}, width={self.normalized_shape[0]}, eps={self.eps}"
+
+
+BATCHED_MODULES = (BatchedLinear, BatchedLayerNorm)
+"""Modules whose tensors carry a leading run dim."""
+
+
 class _BatchedAffine(torch.autograd.Function):
     """y_s = x_s W_s^T + b_s with the gradients written out: dW_s = g_s^T x_s, dx_s = g_s W_s,
     db_s = sum_b g_s. Autograd's own backward of ``baddbmm(b, x, W^T)`` makes dW^T and then
@@ -501,3 +551,33 @@ def register_projections(
             layer.project_()
 
     return optimizer.register_step_post_hook(project_all)
+
+
+class Dropout(nn.Module):
+    """Dropout (Srivastava et al. 2014): in training mode h -> h * m / (1 - p), m_i ~
+    Bernoulli(1 - p) drawn anew for every entry and forward; the identity in eval mode.
+
+    The mask comes from torch's global RNG, or, in a batched network (``generators`` set, one
+    per run: :func:`plasticity_rl.nn.batched.stack_runs` does it), run s's mask from
+    ``generators[s]``, so run s draws exactly the masks of a single run seeded the same way.
+    """
+
+    def __init__(self, p: float, generators: Sequence[torch.Generator] | None = None):
+        super().__init__()
+        require(0 <= p < 1, "network.dropout", p, "a number in [0, 1)")
+        self.p = float(p)
+        self.generators = None if generators is None else list(generators)
+
+    def forward(self, h: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return h
+        keep = torch.empty_like(h)
+        if self.generators is None:
+            keep.bernoulli_(1 - self.p)
+        else:
+            for mask, generator in zip(keep, self.generators, strict=True):
+                mask.bernoulli_(1 - self.p, generator=generator)
+        return h * keep / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

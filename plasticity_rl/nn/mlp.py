@@ -3,7 +3,9 @@
 Interventions and metrics never need to know how a network was built: :func:`hidden_layers`
 finds every hidden unit group as (incoming linear, activation, outgoing linear) in forward
 order, for an :class:`MLP` and for any network that lists its modules in forward order
-(``nn.Sequential``, an SB3 policy's ``mlp_extractor`` + head, ...).
+(``nn.Sequential``, an SB3 policy's ``mlp_extractor`` + head, ...). A hidden layer of an MLP
+is ``linear -> [LayerNorm] -> activation -> [Dropout]``; the activations that methods and
+metrics read are the activation module's output (before dropout).
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from plasticity_rl.nn.activations import ActivationSpec, make_activation
-from plasticity_rl.nn.layers import make_linear
+from plasticity_rl.nn.activations import ActivationSpec, CReLU, features_per_unit, make_activation
+from plasticity_rl.nn.layers import Dropout, make_linear
 from plasticity_rl.registry import require
 
 WEIGHT_NORM_OPTIONS = ("none", "first", "all")
@@ -29,6 +32,7 @@ _ACTIVATION_GAINS = {
     nn.LeakyReLU: math.sqrt(2.0),
     nn.ELU: math.sqrt(2.0),
     nn.SiLU: math.sqrt(2.0),
+    CReLU: math.sqrt(2.0),
     nn.Tanh: 5.0 / 3.0,
     nn.Sigmoid: 1.0,
     nn.Identity: 1.0,
@@ -40,13 +44,14 @@ def activation_gain(activation: nn.Module) -> float:
 
     ``torch.nn.init.calculate_gain`` of the activation (relu and leaky_relu sqrt(2), as
     ``kaiming_uniform_`` computes it with its default ``a = 0``; tanh 5/3; sigmoid and identity
-    1), with ELU and swish given the ReLU gain (``lop/nets/ffnn.py``).
+    1), with ELU and swish given the ReLU gain (``lop/nets/ffnn.py``), and CReLU the ReLU gain
+    too (each of its features keeps half of E[z^2], as a ReLU does).
 
     Raises:
         ConfigError: an activation without a gain here.
     """
     gain = _ACTIVATION_GAINS.get(type(activation))
-    allowed = "relu, leaky_relu, elu, swish, tanh, sigmoid, identity (or another network.init)"
+    allowed = "relu, leaky_relu, elu, swish, crelu, tanh, sigmoid, identity (or another init)"
     require(gain is not None, f"{KAIMING_BY_ACTIVATION} activation", activation, allowed)
     return gain  # type: ignore[return-value]
 
@@ -78,6 +83,15 @@ class MLPConfig:
     sdm: bool = False
     """SDM constraints (Bricken et al. 2023): hidden layers without bias, with ReLU'd and
     L2-normalised inputs and unit-norm non-negative rows; output weights (and bias) >= 0."""
+    layer_norm: bool = False
+    """Pre-activation layer normalisation in every hidden layer, h = act(LN(W x + b)) with a
+    learned gain and bias per unit (Ba et al. 2016; against plasticity loss: Lyle et al. 2024,
+    "Disentangling the causes of plasticity loss in neural networks")."""
+    dropout: float = 0.0
+    """Dropout probability after every hidden activation (0: none); active in training mode
+    only, so SB3 rollouts and all evaluations (eval mode) run without it. In PPO the update's
+    log-probabilities are computed with dropout and the rollout's without, so an update's
+    first importance ratios are not exactly 1."""
 
 
 class MLP(nn.Module):
@@ -87,7 +101,8 @@ class MLP(nn.Module):
     extractor and ``output`` as its head (the SB3 split) while staying one network.
     """
 
-    def __init__(self, linears: Sequence[nn.Module], activations: Sequence[nn.Module]):
+    def __init__(self, linears: Sequence[nn.Module], activations: Sequence[nn.Module],
+                 norms: Sequence[nn.Module] | None = None, dropout: float = 0.0):  # fmt: skip
         super().__init__()
         require(
             len(linears) == len(activations) + 1,
@@ -96,8 +111,9 @@ class MLP(nn.Module):
             "one more linear layer than activations",
         )
         body: list[nn.Module] = []
-        for linear, act in zip(linears[:-1], activations, strict=True):
-            body += [linear, act]
+        for i, (linear, act) in enumerate(zip(linears[:-1], activations, strict=True)):
+            body += [linear, *([norms[i]] if norms else []), act]
+            body += [Dropout(dropout)] if dropout > 0 else []
         self.hidden = nn.Sequential(*body)
         self.output = linears[-1]
 
@@ -119,11 +135,15 @@ def build_mlp(
     weight_norm_centred: bool = False,
     powerprop_alpha: float | None = None,
     sdm: bool = False,
+    layer_norm: bool = False,
+    dropout: float = 0.0,
 ) -> MLP:
     """Build an MLP ``in_dim -> hidden_sizes... -> out_dim`` from plain config values.
 
     Every hidden layer gets its own activation instance (sparse activations keep per-layer
-    state). See :class:`MLPConfig` for the meaning of each option.
+    state). See :class:`MLPConfig` for the meaning of each option. A concatenating activation
+    (``crelu``, ``fourier``: :func:`~plasticity_rl.nn.activations.features_per_unit` 2) doubles
+    the next layer's inputs.
 
     ``init="kaiming_uniform_by_activation"`` (Dohare et al. 2024's learners, ``lop/nets/ffnn.py``):
     every weight ``~ U(+-g sqrt(3 / fan_in))`` with ``g`` the gain of the activation the layer
@@ -147,16 +167,23 @@ def build_mlp(
         weight_norm_centred,
         "false when weight_norm is none",
     )
-    sizes = [in_dim, *map(int, hidden_sizes), out_dim]
+    require(isinstance(layer_norm, bool), "mlp.layer_norm", layer_norm, "true or false")
+    is_number = isinstance(dropout, int | float) and not isinstance(dropout, bool)
+    require(is_number and 0 <= dropout < 1, "mlp.dropout", dropout, "a number in [0, 1)")
+    widths = [int(size) for size in hidden_sizes]
     activations = [make_activation(activation) for _ in hidden_sizes]
+    fan_ins = [
+        in_dim,
+        *(w * features_per_unit(a) for w, a in zip(widths, activations, strict=True)),
+    ]
     for act, width in zip(activations, hidden_sizes, strict=True):
         # k-winners (Top-K): k and its annealing start must fit in the layer, known only here
         largest = max(getattr(act, "k", None) or 0, getattr(act, "k_max", None) or 0)
         require(largest <= width, "topk.k", largest, f"an integer <= the layer width ({width})")
     by_activation = init == KAIMING_BY_ACTIVATION
     linears = []
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        is_output = i == len(sizes) - 2
+    for i, (fan_in, fan_out) in enumerate(zip(fan_ins, [*widths, out_dim], strict=True)):
+        is_output = i == len(widths)
         normed = weight_norm == "all" or (weight_norm == "first" and i == 0)
         gain = 1.0 if is_output or not by_activation else activation_gain(activations[i])
         linears.append(
@@ -173,25 +200,54 @@ def build_mlp(
                 nonneg=sdm and is_output,
             )
         )
-    return MLP(linears, activations)
+    norms = [nn.LayerNorm(width) for width in widths] if layer_norm else None
+    return MLP(linears, activations, norms, float(dropout))
 
 
 @dataclass(frozen=True)
 class HiddenLayer:
-    """One group of hidden units: h = activation(incoming(x)), consumed by ``outgoing``.
+    """One group of hidden units: h = activation(norm(incoming(x))), consumed by ``outgoing``.
 
-    Unit j of the group is row j of ``incoming.weight`` (and ``incoming.bias[j]``) and
-    column j of ``outgoing.weight``.
+    Unit j of the group is row j of ``incoming.weight`` (and ``incoming.bias[j]``, and entry j
+    of the LayerNorm's gain and bias, if any) and column j of ``outgoing.weight``. With a
+    concatenating activation (CReLU, deep Fourier features: ``features_per_unit`` k = 2) the
+    activation output has k n features for n units: unit j makes features j, j + n, ...,
+    read by those columns of ``outgoing.weight`` (:meth:`per_feature`), and a per-feature
+    quantity becomes a per-unit one by summing over the unit's features (:meth:`per_unit`).
     """
 
     name: str
     incoming: nn.Linear
     activation: nn.Module
     outgoing: nn.Linear
+    norm: nn.LayerNorm | None = None
+    """The pre-activation LayerNorm, if any."""
 
     @property
     def width(self) -> int:
+        """n, the number of units (rows of ``incoming.weight``)."""
         return self.incoming.out_features
+
+    @property
+    def features_per_unit(self) -> int:
+        """k, the activation's output features per unit (1, or 2 for CReLU and Fourier)."""
+        return features_per_unit(self.activation)
+
+    @property
+    def features(self) -> int:
+        """k n, the width of the activation output (columns of ``outgoing.weight``)."""
+        return self.width * self.features_per_unit
+
+    def per_feature(self, values: Tensor) -> Tensor:
+        """Per-unit values ``(..., n)`` repeated for each feature of the unit: ``(..., k n)``
+        (a unit mask becomes the mask of the units' features)."""
+        k = self.features_per_unit
+        return values if k == 1 else torch.cat([values] * k, dim=-1)
+
+    def per_unit(self, values: Tensor) -> Tensor:
+        """Per-feature values ``(..., k n)`` summed over each unit's features: ``(..., n)``."""
+        k = self.features_per_unit
+        return values if k == 1 else values.unflatten(-1, (k, self.width)).sum(-2)
 
 
 def _forward_order_leaves(module: nn.Module) -> Iterator[nn.Module]:
@@ -208,19 +264,27 @@ def hidden_layers(model: nn.Module | Sequence[nn.Module]) -> list[HiddenLayer]:
     """Every hidden layer of ``model`` as (incoming, activation, outgoing), in forward order.
 
     Modules are read in registration order: each ``Linear`` followed by a parameter-free
-    activation module and then another ``Linear`` forms a hidden layer. A list of modules is
+    activation module and then another ``Linear`` forms a hidden layer; the activation is the
+    first parameter-free module after the linear layer (later ones, such as dropout, are not
+    it), and an ``nn.LayerNorm`` before it is the layer's ``norm``. A list of modules is
     read in the given order (e.g. ``[policy.mlp_extractor.policy_net, policy.action_net]``).
     """
     roots = list(model) if isinstance(model, Sequence) else [model]
     found: list[HiddenLayer] = []
     incoming: nn.Linear | None = None
     activation: nn.Module | None = None
+    norm: nn.LayerNorm | None = None
     for root in roots:
         for leaf in _forward_order_leaves(root):
             if isinstance(leaf, nn.Linear):
                 if incoming is not None and activation is not None:
-                    found.append(HiddenLayer(f"hidden{len(found) + 1}", incoming, activation, leaf))
-                incoming, activation = leaf, None
-            elif incoming is not None and next(leaf.parameters(), None) is None:
+                    name = f"hidden{len(found) + 1}"
+                    found.append(HiddenLayer(name, incoming, activation, leaf, norm))
+                incoming, activation, norm = leaf, None, None
+            elif incoming is None or activation is not None:
+                continue
+            elif next(leaf.parameters(), None) is None:
                 activation = leaf
+            elif isinstance(leaf, nn.LayerNorm):
+                norm = leaf
     return found

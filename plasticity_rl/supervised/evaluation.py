@@ -1,8 +1,9 @@
 """Evaluation of supervised runs: test accuracy, continual evaluation, plasticity, results.
 
 TensorBoard tags: ``cl/accuracy/task<j>``, ``cl/eval/task<j>``, ``cl/average_accuracy_seen``,
-``plasticity/net/<layer>/<metric>`` and ``plasticity/net/probe_task`` (the task whose examples
-the metrics were measured on, see :data:`PROBE_TIMINGS`).
+``plasticity/net/<layer>/<metric>``, ``plasticity/net/<metric>`` (:func:`log_plasticity`) and
+``plasticity/net/probe_task`` (the task whose examples the metrics were measured on, see
+:data:`PROBE_TIMINGS`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
 from plasticity_rl.methods import Method
-from plasticity_rl.metrics import collect_activations, layer_health, weight_magnitude
+from plasticity_rl.metrics import OutputChurn, hidden_layer_health, weight_magnitude
 from plasticity_rl.metrics.continual import (
     average_accuracy,
     average_forgetting,
@@ -47,12 +48,19 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None) -> flo
     return 100.0 * correct / len(y)
 
 
-def log_plasticity(writer: SummaryWriter, model: nn.Module, probe: Tensor, step: int) -> dict:
-    """``plasticity/net/<layer>/<metric>`` and ``plasticity/net/weight_magnitude`` at ``step``."""
+def log_plasticity(writer: SummaryWriter, model: nn.Module, probe: Tensor, step: int,
+                   gradient_norm: float | None = None,
+                   churn: OutputChurn | None = None) -> dict:  # fmt: skip
+    """``plasticity/net/<layer>/<metric>`` (:func:`~plasticity_rl.metrics.hidden_layer_health`),
+    ``plasticity/net/weight_magnitude``, and, when known, ``plasticity/net/gradient_norm``
+    (``gradient_norm``: of the last step's gradients, measured by the caller, which holds the
+    gradients) and ``plasticity/net/output_churn`` (``churn``'s measurement: the change since
+    its previous one on its fixed reference batch) at ``step``."""
     values: dict[str, float] = {"weight_magnitude": weight_magnitude(model)}
-    for layer, h in collect_activations(model, probe).items():
-        for metric, value in layer_health(h).items():
-            values[f"{layer}/{metric}"] = value
+    values.update(hidden_layer_health(model, probe))
+    optional = {"gradient_norm": gradient_norm,
+                "output_churn": None if churn is None else churn.measure(model, probe)}  # fmt: skip
+    values.update({key: value for key, value in optional.items() if value is not None})
     for key, value in values.items():
         writer.add_scalar(f"plasticity/net/{key}", value, step)
     return values
@@ -68,8 +76,11 @@ MNIST code), the other task streams after each task on the task just learned."""
 
 
 def record_plasticity(writer: SummaryWriter, model: nn.Module, probe: Tensor,
-                      progress: dict[str, Any], task: int, timing: str) -> None:  # fmt: skip
-    """Log the plasticity metrics on ``probe`` at the run's current step and keep them.
+                      progress: dict[str, Any], task: int, timing: str,
+                      gradient_norm: float | None = None,
+                      churn: OutputChurn | None = None) -> None:  # fmt: skip
+    """Log the plasticity metrics on ``probe`` at the run's current step and keep them
+    (:func:`log_plasticity`, with ``gradient_norm`` and ``churn``).
 
     Appends ``{"task", "timing", "probe", "step", "metrics"}`` to ``progress["plasticity"]``
     (``timing`` a key of :data:`PROBE_TIMINGS`, ``probe`` its sentence) and logs
@@ -77,7 +88,7 @@ def record_plasticity(writer: SummaryWriter, model: nn.Module, probe: Tensor,
     TensorBoard say which task the probe came from.
     """
     step = progress["step"]
-    metrics = log_plasticity(writer, model, probe, step)
+    metrics = log_plasticity(writer, model, probe, step, gradient_norm, churn)
     writer.add_scalar("plasticity/net/probe_task", task, step)
     progress["plasticity"].append(
         {

@@ -38,6 +38,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from plasticity_rl.methods import Method
+from plasticity_rl.metrics import OutputChurn, run_gradient_norms
 from plasticity_rl.nn.sparse import end_epoch
 from plasticity_rl.registry import require
 from plasticity_rl.rundir import (
@@ -89,6 +90,13 @@ def _per_run(values: Tensor) -> list[float]:
     return values.reshape(-1).tolist()
 
 
+def _gradient_norms(learner: Learner) -> list[float | None]:
+    """Each run's gradient norm now (:func:`~plasticity_rl.metrics.run_gradient_norms`; None
+    where the steps left no gradients)."""
+    norms = run_gradient_norms(learner.model)
+    return [None] * learner.runs if norms is None else list(norms)
+
+
 def train_tasks(
     learner: Learner,
     writers: Sequence[SummaryWriter],
@@ -110,6 +118,8 @@ def train_tasks(
     # one example per step: the hand-written backward reads the input layer once per block
     backprop = learner.backprop
     prefetch = backprop.prefetch if backprop is not None and batch_size == 1 else None
+    # reference batch: each run's first probe; the state is checkpointed with the progress
+    churns = [OutputChurn(p.setdefault("churn", {})) for p in progresses]
     for t in range(progress["task"], num_tasks):
         tasks = [s.tasks[t] for s in learner.streams]
         mask = run_class_mask(tasks, stream.num_classes, batched)
@@ -133,9 +143,11 @@ def train_tasks(
                    disable=not show_progress, unit="step", leave=False)  # fmt: skip
         if stream.online and at["epoch"] == at["example"] == 0:
             # Dohare et al.: before the task, on the examples it starts with
+            norms = _gradient_norms(learner)
             for run, (writer, p) in enumerate(zip(writers, progresses, strict=True)):
                 probe = tasks[run].train_x[: tc.probe_size]
-                record_plasticity(writer, learner.run_model(run), probe, p, t, "before_task")
+                record_plasticity(writer, learner.run_model(run), probe, p, t, "before_task",
+                                  norms[run], churns[run])  # fmt: skip
         model.train()
         for epoch in range(tc.epochs_per_task):
             # drawn for the epochs a continued run skips too, so later epochs match
@@ -191,6 +203,7 @@ def train_tasks(
             for writer, p, value in zip(writers, progresses, _per_run(online), strict=True):
                 p["online_accuracy"].append(value)
                 writer.add_scalar("cl/online_accuracy", value, p["step"])
+        norms = _gradient_norms(learner)
         for run, (writer, p) in enumerate(zip(writers, progresses, strict=True)):
             if not stream.online:
                 run_net = learner.run_model(run)
@@ -198,7 +211,7 @@ def train_tasks(
                                      writer, p)  # fmt: skip
                 probe_idx = torch.randperm(n, generator=order_gens[run])[: tc.probe_size]
                 record_plasticity(writer, run_net, tasks[run].train_x[probe_idx], p, t,
-                                  "after_task")  # fmt: skip
+                                  "after_task", norms[run], churns[run])  # fmt: skip
             p["task_end_steps"].append(p["step"])
             p["task"] = t + 1
             p.pop("position", None)
@@ -226,6 +239,8 @@ def train_regression(
             s.generator.load_state_dict(p["generator"])
     bar = tqdm(total=stream.total_examples, initial=progress["step"], disable=not show_progress,
                unit="example")  # fmt: skip
+    # reference batch: each run's first probe; the state is checkpointed with the progress
+    churns = [OutputChurn(p.setdefault("churn", {})) for p in progresses]
     model.train()
     while progress["step"] < stream.total_examples:
         count = min(stream.bin_size - progress["step"] % stream.bin_size,
@@ -237,6 +252,7 @@ def train_regression(
         steps = zip(xs.unsqueeze(-2).unbind(0), ys.unsqueeze(-2).unbind(0), strict=True)
         errors = torch.stack([train_step(learner, x, y, "mse")[1].detach() for x, y in steps])
         log_method_stats(writers, learner.methods, progress["step"] + count)
+        norms = _gradient_norms(learner)
         bad = ~torch.isfinite(errors.reshape(count, -1))  # every step checked, once per bin
         for run, p in enumerate(progresses):
             if p["diverged_at_step"] is None and bool(bad[:, run].any()):
@@ -248,7 +264,8 @@ def train_regression(
             p["bin_errors"].append(error)
             writer.add_scalar("cl/squared_error", error, p["step"])
             probe = samples[run][0][: learner.cfgs[run].train.probe_size]
-            log_plasticity(writer, learner.run_model(run), probe, p["step"])
+            log_plasticity(writer, learner.run_model(run), probe, p["step"], norms[run],
+                           churns[run])  # fmt: skip
             p["generator"] = streams[run].generator.state_dict()
         bar.update(count)
         if all(p["diverged_at_step"] is not None for p in progresses):
@@ -273,6 +290,7 @@ def new_progress() -> dict[str, Any]:
         "bin_errors": [],
         "generator": None,
         "diverged_at_step": None,
+        "churn": {},
     }
 
 
