@@ -62,6 +62,9 @@ class PlasticityCallback(BaseCallback):
             checkpoints there and stops (:class:`plasticity_rl.rundir.StopSignals`).
         on_checkpoint: called with the env steps after each checkpoint (``status.json``).
         churn: each network's output-churn state (restored on resume; checkpointed).
+        gradient_norms: each network's gradient norm at the checkpoint resumed from, logged
+            while the resumed run has no ``.grad`` yet (before its first update), as the
+            uninterrupted run logs it then.
 
     Metrics are also logged at the first rollout end and at the end of training, so a short
     run has them. No checkpoint is written before the first env step of this ``learn`` call
@@ -80,6 +83,7 @@ class PlasticityCallback(BaseCallback):
         stop: StopSignals | None = None,
         on_checkpoint: Callable[[int], None] | None = None,
         churn: dict[str, dict[str, Any]] | None = None,
+        gradient_norms: dict[str, float | None] | None = None,
     ):
         super().__init__()
         self.networks, self.methods, self.cfg = networks, methods, logging
@@ -98,6 +102,7 @@ class PlasticityCallback(BaseCallback):
         self._monitor = WeightChangeMonitor()
         churn = churn or {}
         self._churn = {name: OutputChurn(churn.get(name)) for name in networks}
+        self._gradient_norms_at_checkpoint = gradient_norms or {}
         self._handles: list[Any] = []
         self._env_values: dict[int, dict[str, float]] = {}
 
@@ -150,7 +155,8 @@ class PlasticityCallback(BaseCallback):
         without a checkpoint path)."""
         if self.checkpoint_path is not None and self.num_timesteps > self._start_steps:
             churn = {name: monitor.state for name, monitor in self._churn.items()}
-            extra = {"schedule": dict(self.schedule), "churn": churn}
+            norms = {name: self._gradient_norm(name) for name in self.networks}
+            extra = {"schedule": dict(self.schedule), "churn": churn, "gradient_norms": norms}
             save_checkpoint(self.checkpoint_path, self.model, self.methods, extra)
             self.checkpoint_steps = self.num_timesteps
             if self.on_checkpoint is not None:
@@ -183,13 +189,17 @@ class PlasticityCallback(BaseCallback):
             for key, value in hidden_layer_health(net, probe, self.cfg.dormant_tau).items():
                 record(f"plasticity/{net_name}/{key}", value)
             record(f"plasticity/{net_name}/weight_magnitude", weight_magnitude(net))
-            optional = {"gradient_norm": gradient_norm(net),
+            optional = {"gradient_norm": self._gradient_norm(net_name),
                         "output_churn": self._churn[net_name].measure(net, probe)}  # fmt: skip
             for key, value in optional.items():
                 if value is not None:
                     record(f"plasticity/{net_name}/{key}", value)
         for net_name, change in self._monitor.pop_max().items():
             record(f"plasticity/{net_name}/max_weight_change", change)
+
+    def _gradient_norm(self, net_name: str) -> float | None:
+        norm = gradient_norm(self.networks[net_name])
+        return self._gradient_norms_at_checkpoint.get(net_name) if norm is None else norm
 
     def _log_method_counters(self) -> None:
         for method in self.methods.values():

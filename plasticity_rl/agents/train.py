@@ -228,10 +228,12 @@ def _learn(cfg: RLRunConfig, run_dir: Path, model: PPO, methods: dict[str, Metho
     def on_checkpoint(steps: int) -> None:
         status("running", checkpoint_env_steps=steps)
 
-    # extra: the callback's schedule and output-churn state of the checkpoint resumed from
+    # extra: the callback's schedule, output-churn state and gradient norms of the checkpoint
+    # resumed from
     callback = PlasticityCallback(model.policy.networks, methods, cfg.logging,
                                   run_dir / CHECKPOINT, extra.get("schedule"), stop,
-                                  on_checkpoint, extra.get("churn"))  # fmt: skip
+                                  on_checkpoint, extra.get("churn"),
+                                  extra.get("gradient_norms"))  # fmt: skip
     status("running")
     start = time.time()
     try:

@@ -90,11 +90,14 @@ def _per_run(values: Tensor) -> list[float]:
     return values.reshape(-1).tolist()
 
 
-def _gradient_norms(learner: Learner) -> list[float | None]:
+def _gradient_norms(learner: Learner, progresses: list[dict[str, Any]]) -> list[float | None]:
     """Each run's gradient norm now (:func:`~plasticity_rl.metrics.run_gradient_norms`; None
-    where the steps left no gradients)."""
+    where the steps left no gradients). Before the first step of a resumed run, which has no
+    ``.grad`` yet, the norm its checkpoint recorded (``save_all``)."""
     norms = run_gradient_norms(learner.model)
-    return [None] * learner.runs if norms is None else list(norms)
+    if norms is None:
+        return [p.get("gradient_norm_at_checkpoint") for p in progresses]
+    return list(norms)
 
 
 def train_tasks(
@@ -143,7 +146,7 @@ def train_tasks(
                    disable=not show_progress, unit="step", leave=False)  # fmt: skip
         if stream.online and at["epoch"] == at["example"] == 0:
             # Dohare et al.: before the task, on the examples it starts with
-            norms = _gradient_norms(learner)
+            norms = _gradient_norms(learner, progresses)
             for run, (writer, p) in enumerate(zip(writers, progresses, strict=True)):
                 probe = tasks[run].train_x[: tc.probe_size]
                 record_plasticity(writer, learner.run_model(run), probe, p, t, "before_task",
@@ -203,7 +206,7 @@ def train_tasks(
             for writer, p, value in zip(writers, progresses, _per_run(online), strict=True):
                 p["online_accuracy"].append(value)
                 writer.add_scalar("cl/online_accuracy", value, p["step"])
-        norms = _gradient_norms(learner)
+        norms = _gradient_norms(learner, progresses)
         for run, (writer, p) in enumerate(zip(writers, progresses, strict=True)):
             if not stream.online:
                 run_net = learner.run_model(run)
@@ -252,7 +255,7 @@ def train_regression(
         steps = zip(xs.unsqueeze(-2).unbind(0), ys.unsqueeze(-2).unbind(0), strict=True)
         errors = torch.stack([train_step(learner, x, y, "mse")[1].detach() for x, y in steps])
         log_method_stats(writers, learner.methods, progress["step"] + count)
-        norms = _gradient_norms(learner)
+        norms = _gradient_norms(learner, progresses)
         bad = ~torch.isfinite(errors.reshape(count, -1))  # every step checked, once per bin
         for run, p in enumerate(progresses):
             if p["diverged_at_step"] is None and bool(bad[:, run].any()):
