@@ -64,11 +64,11 @@ BUDGETS = {
     "full": Budget(ppo_steps=10_240, regression_examples=20_000, image_examples=5_000, repeats=2),
     "quick": Budget(ppo_steps=4_096, regression_examples=4_000, image_examples=1_000, repeats=1),
     "smoke": Budget(
-        ppo_steps=64,
+        ppo_steps=256,
         regression_examples=200,
         image_examples=100,
         repeats=1,
-        ppo={"n_steps": 64, "batch_size": 32, "n_epochs": 1},
+        ppo={"n_steps": 8, "batch_size": 8, "n_epochs": 1},  # >= 2 rollouts of every layout
     ),  # fmt: skip
 }
 
