@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from plasticity_rl.nn.layers import BatchedLinear
+from plasticity_rl.nn.layers import BatchedLayerNorm, BatchedLinear
 from plasticity_rl.nn.mlp import hidden_layers
 from plasticity_rl.registry import require
 
@@ -342,10 +342,11 @@ def gradient_norm(model: nn.Module | Iterable[Tensor]) -> float | None:
 def run_gradient_norms(model: nn.Module) -> list[float] | None:
     """:func:`gradient_norm` of each run of a batched network (a list of one for a plain one).
 
-    The gradients of batched layers (:class:`~plasticity_rl.nn.layers.BatchedLinear`, leading
-    run dim) are split by run; any other gradient counts in every run.
+    The gradients of batched layers (:class:`~plasticity_rl.nn.layers.BatchedLinear` and
+    :class:`~plasticity_rl.nn.layers.BatchedLayerNorm`, leading run dim) are split by run; any
+    other gradient counts in every run.
     """
-    batched = {id(p) for m in model.modules() if isinstance(m, BatchedLinear)
+    batched = {id(p) for m in model.modules() if isinstance(m, BatchedLinear | BatchedLayerNorm)
                for p in m.parameters()}  # fmt: skip
     per_run: list[Tensor] = []
     shared = torch.zeros((), dtype=torch.float64)

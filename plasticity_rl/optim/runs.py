@@ -34,24 +34,40 @@ PER_RUN_LR_OPTIMIZERS = ("sgd", "sgdm")
 
 
 class PerRunLearningRates:
-    """The step pre-hook of a per-run ``lr``: grad_s <- lr_s (grad_s + weight_decay p_s)."""
+    """The step hooks of a per-run ``lr``: the optimiser (run at lr 1) steps with
+    grad_s <- lr_s (grad_s + weight_decay p_s), and ``.grad`` holds the run's own gradient
+    again after the step (as a single run's does: metrics such as the gradient norm read it)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, lrs: Sequence[float], weight_decay: float):
         self.lrs = [float(lr) for lr in lrs]
         self.weight_decay = float(weight_decay)
         self._scale = torch.tensor(self.lrs)
-        self._handle = optimizer.register_step_pre_hook(self._scale_gradients)
+        self._raw: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._handles = [optimizer.register_step_pre_hook(self._scale_gradients),
+                         optimizer.register_step_post_hook(self._restore_gradients)]  # fmt: skip
 
     def _scale_gradients(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         grads = [p.grad for p in params]
         with torch.no_grad():
             if self.weight_decay != 0:
-                torch._foreach_add_(grads, params, alpha=self.weight_decay)
-            torch._foreach_mul_(grads, [self._scale.view(-1, *[1] * (g.dim() - 1)) for g in grads])
+                scaled = torch._foreach_add(grads, params, alpha=self.weight_decay)
+            else:
+                scaled = [g.clone() for g in grads]
+            torch._foreach_mul_(scaled, [self._scale.view(-1, *[1] * (g.dim() - 1))
+                                         for g in scaled])  # fmt: skip
+        self._raw = list(zip(params, grads, strict=True))
+        for p, g in zip(params, scaled, strict=True):
+            p.grad = g
+
+    def _restore_gradients(self, *_: Any) -> None:
+        for p, g in self._raw:
+            p.grad = g
+        self._raw = []
 
     def remove(self) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
 
 def make_run_optimizer(
