@@ -114,13 +114,14 @@ def load_preset(
 def merge_presets(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     """``child`` over ``base``, recursively; a mapping whose ``name`` differs replaces the base's.
 
-    So a preset that switches ``optimizer: {name: sgd}`` does not inherit Adam's ``betas``.
+    So a preset that switches ``optimizer: {name: sgd}`` does not inherit Adam's ``betas``,
+    while one that gives no ``name`` (``optimizer: {lr: 2.0e-4}``) changes only what it sets.
     """
     merged = dict(base)
     for key, value in child.items():
         old = merged.get(key)
         both_dicts = isinstance(old, dict) and isinstance(value, dict)
-        if both_dicts and old.get("name") == value.get("name"):
+        if both_dicts and ("name" not in value or old.get("name") == value.get("name")):
             merged[key] = merge_presets(old, value)
         else:
             merged[key] = value
