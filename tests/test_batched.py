@@ -346,6 +346,12 @@ def test_batched_runs_resume_from_their_checkpoints(env, agent, layers, tmp_path
     train_cfg = {"batch_size": 16, **layers.pop("train", {})}
     cfg = config(env, agent, data_dir=str(mnist_dir), network={"hidden_sizes": [16]},
                  train=train_cfg, **layers)  # fmt: skip
+    assert_batched_resume_is_exact(cfg, tmp_path)
+
+
+def assert_batched_resume_is_exact(cfg: SupervisedRunConfig, tmp_path: Path) -> None:
+    """Batched runs stopped after the first task and resumed give the uninterrupted runs'
+    results and final checkpoints."""
     whole, parts = ([tmp_path / f"{kind}{s}" for s in SEEDS] for kind in ("whole", "parts"))
     for run_dir in whole + parts:
         run_dir.mkdir()

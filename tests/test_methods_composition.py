@@ -5,15 +5,14 @@ SB3 PPO (a resumed run equals the whole one)."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
-import torch
-from test_batched import SEEDS, assert_close_tree, assert_same_runs, config, regression_config
+from test_batched import (
+    assert_batched_resume_is_exact,
+    assert_same_runs,
+    config,
+    regression_config,
+)
 from test_train_rl import CBP_RUN, assert_same_training_state, final_state, main, scalars
-
-from plasticity_rl.rundir import CHECKPOINT
-from plasticity_rl.supervised.trainer import train_runs
 
 NEW_METHODS = {
     "l2_init": {"coefficient": 1e-2},
@@ -52,19 +51,7 @@ def test_all_together_with_redo_resume_exactly_in_batched_runs(tmp_path, mnist_d
         optimizer={"name": "adam", "lr": 1e-3},
         stream={"kwargs": {"num_tasks": 2}},
     )
-    whole, parts = ([tmp_path / f"{kind}{s}" for s in SEEDS] for kind in ("whole", "parts"))
-    for run_dir in whole + parts:
-        run_dir.mkdir()
-    expected = train_runs(cfg, SEEDS, whole, show_progress=False)
-    stopped = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, stop_after_tasks=1))
-    train_runs(stopped, SEEDS, parts, show_progress=False)
-    resumed = train_runs(cfg, SEEDS, parts, resume=True, show_progress=False)
-    for a, b in zip(expected, resumed, strict=True):
-        a.pop("wall_seconds"), b.pop("wall_seconds")
-        assert_close_tree(a, b)
-    for a, b in zip(whole, parts, strict=True):
-        assert_close_tree(torch.load(a / CHECKPOINT, weights_only=True),
-                          torch.load(b / CHECKPOINT, weights_only=True))  # fmt: skip
+    assert_batched_resume_is_exact(cfg, tmp_path)
 
 
 def test_ppo_with_all_of_them_and_cbp_redo_snp_resumes_exactly(tmp_path):
