@@ -49,13 +49,13 @@ class PerRunLearningRates:
     def _scale_gradients(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         grads = [p.grad for p in params]
+        scales = [self._scale.view(-1, *[1] * (g.dim() - 1)) for g in grads]
         with torch.no_grad():
             if self.weight_decay != 0:
                 scaled = torch._foreach_add(grads, params, alpha=self.weight_decay)
+                torch._foreach_mul_(scaled, scales)
             else:
-                scaled = [g.clone() for g in grads]
-            torch._foreach_mul_(scaled, [self._scale.view(-1, *[1] * (g.dim() - 1))
-                                         for g in scaled])  # fmt: skip
+                scaled = torch._foreach_mul(grads, scales)
         self._raw = list(zip(params, grads, strict=True))
         for p, g in zip(params, scaled, strict=True):
             p.grad = g

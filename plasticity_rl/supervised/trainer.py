@@ -100,6 +100,12 @@ def _gradient_norms(learner: Learner, progresses: list[dict[str, Any]]) -> list[
     return list(norms)
 
 
+def _churn_monitors(progresses: list[dict[str, Any]]) -> list[OutputChurn]:
+    """Each run's output-churn monitor; its reference batch is the run's first probe, and its
+    state lives in the run's progress, so checkpoints carry it."""
+    return [OutputChurn(p.setdefault("churn", {})) for p in progresses]
+
+
 def train_tasks(
     learner: Learner,
     writers: Sequence[SummaryWriter],
@@ -121,8 +127,7 @@ def train_tasks(
     # one example per step: the hand-written backward reads the input layer once per block
     backprop = learner.backprop
     prefetch = backprop.prefetch if backprop is not None and batch_size == 1 else None
-    # reference batch: each run's first probe; the state is checkpointed with the progress
-    churns = [OutputChurn(p.setdefault("churn", {})) for p in progresses]
+    churns = _churn_monitors(progresses)
     for t in range(progress["task"], num_tasks):
         tasks = [s.tasks[t] for s in learner.streams]
         mask = run_class_mask(tasks, stream.num_classes, batched)
@@ -242,8 +247,7 @@ def train_regression(
             s.generator.load_state_dict(p["generator"])
     bar = tqdm(total=stream.total_examples, initial=progress["step"], disable=not show_progress,
                unit="example")  # fmt: skip
-    # reference batch: each run's first probe; the state is checkpointed with the progress
-    churns = [OutputChurn(p.setdefault("churn", {})) for p in progresses]
+    churns = _churn_monitors(progresses)
     model.train()
     while progress["step"] < stream.total_examples:
         count = min(stream.bin_size - progress["step"] % stream.bin_size,
