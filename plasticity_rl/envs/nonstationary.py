@@ -53,6 +53,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from plasticity_rl.envs.fast_step import FAST_STEP_ENVS
 from plasticity_rl.registry import ConfigError, accepted_kwargs, require
 
 INFO_KEY = "nonstationary"
@@ -463,7 +464,9 @@ def make_shift_env(base_id: str, wrapper: str, **kwargs: Any) -> ScheduledShift:
         **kwargs: keywords the wrapper accepts configure it; the others go to the base env
             (e.g. ``terminate_when_unhealthy``).
 
-    The base env is built without ``TimeLimit``, checker or order enforcement:
+    Hopper-v5 and Walker2d-v5 are built as :mod:`plasticity_rl.envs.fast_step`'s subclasses
+    (Gymnasium's numbers, a faster step). The base env is built without ``TimeLimit``, checker
+    or order enforcement:
     ``gymnasium.make`` adds those around the wrapper, so its reset sees every episode boundary.
     """
     require(wrapper in ScheduledShift.by_name, "wrapper", wrapper, sorted(ScheduledShift.by_name))
@@ -471,7 +474,11 @@ def make_shift_env(base_id: str, wrapper: str, **kwargs: Any) -> ScheduledShift:
     accepted = accepted_kwargs(cls) or set()
     wrapper_kwargs = {k: v for k, v in kwargs.items() if k in accepted}
     base_kwargs = {k: v for k, v in kwargs.items() if k not in accepted}
-    base = gym.make(base_id, max_episode_steps=-1, disable_env_checker=True, **base_kwargs)
+    fast = FAST_STEP_ENVS.get(base_id)
+    if fast is not None:  # Gymnasium's env and numbers, a faster step (envs/fast_step.py)
+        base = fast(**{**gym.spec(base_id).kwargs, **base_kwargs})
+    else:
+        base = gym.make(base_id, max_episode_steps=-1, disable_env_checker=True, **base_kwargs)
     return cls(base.unwrapped, **wrapper_kwargs)
 
 
