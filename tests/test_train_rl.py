@@ -112,8 +112,11 @@ CBP_RUN = [
         # network options with CBP + L2 and ReDo: dropout masks come from the checkpointed RNG
         ["--set", "policy_net.activation=crelu", "--set", "policy_net.dropout=0.1",
          "--set", "value_net.layer_norm=true", "--set", "method.redo={period: 3}"],
+        # optimisers with more state: UPGD's noise comes from the checkpointed torch RNG
+        ["--set", "optimizer.name=adaptive_upgd"],
+        ["--set", "optimizer.name=trac"],
     ],
-    ids=["dummy", "subproc-vecnormalize", "crelu-dropout-layer-norm-redo"],
+    ids=["dummy", "subproc-vecnormalize", "crelu-dropout-layer-norm-redo", "upgd", "trac"],
 )  # fmt: skip
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, extra):
     run = [*CBP_RUN, *extra, "--logdir", str(tmp_path)]

@@ -30,7 +30,10 @@ from torch import Tensor, nn
 from plasticity_rl.nn.layers import register_projections
 from plasticity_rl.optim.adam import Adam, check_adam_args
 from plasticity_rl.optim.rmsprop import RMSpropEpsInSqrt
+from plasticity_rl.optim.trac import DEFAULT_BETAS as DEFAULT_TRAC_BETAS
+from plasticity_rl.optim.trac import trac_class
 from plasticity_rl.optim.transforms import clip_grad_norm, clip_updates
+from plasticity_rl.optim.upgd import UPGD
 from plasticity_rl.registry import ConfigError, Registry, require, split_spec
 
 OptimizerRecipe = tuple[type[torch.optim.Optimizer], dict[str, Any]]
@@ -163,6 +166,68 @@ def adam_no_bias_correction(
 ) -> OptimizerRecipe:
     """Adam without bias correction (m_hat = m, v_hat = v), as in Keskinen 2024 (Hard ASH)."""
     return adam(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, bias_correction=False)
+
+
+def _check_upgd_args(lr: float, weight_decay: float, beta_utility: float, sigma: float) -> None:
+    _check_lr_and_decay(lr, weight_decay)
+    _check_decay_rate("beta_utility", beta_utility)
+    require(sigma >= 0, "optimizer.sigma", sigma, "a number >= 0")
+
+
+@OPTIMIZERS.register("upgd")
+def upgd(
+    lr: float = 1e-5, weight_decay: float = 0.001, beta_utility: float = 0.999, sigma: float = 0.001
+) -> OptimizerRecipe:
+    """UPGD (Elsayed & Mahmood 2024), the authors' README version and defaults:
+    theta <- theta (1 - lr wd) - 2 lr (g + xi)(1 - s), s the weight's scaled utility
+    (:mod:`plasticity_rl.optim.upgd`). ``weight_decay`` is decoupled here."""
+    _check_upgd_args(lr, weight_decay, beta_utility, sigma)
+    return UPGD, {"lr": lr, "weight_decay": weight_decay, "beta_utility": beta_utility,
+                  "sigma": sigma, "adaptive": False}  # fmt: skip
+
+
+@OPTIMIZERS.register("adaptive_upgd")
+def adaptive_upgd(
+    lr: float = 3e-4,
+    weight_decay: float = 0.001,
+    beta_utility: float = 0.999,
+    sigma: float = 0.001,
+    betas: Sequence[float] = (0.9, 0.999),
+    eps: float = 1e-5,
+) -> OptimizerRecipe:
+    """UPGD with Adam's moments, as the authors' PPO runs use it (their settings as defaults):
+    theta <- theta (1 - lr wd) - 2 lr [m_hat (1 - s) / (sqrt(v_hat) + eps) + xi (1 - s)]
+    (:mod:`plasticity_rl.optim.upgd`)."""
+    _check_upgd_args(lr, weight_decay, beta_utility, sigma)
+    betas = check_adam_args(lr, betas, eps, weight_decay)
+    return UPGD, {"lr": lr, "weight_decay": weight_decay, "beta_utility": beta_utility,
+                  "sigma": sigma, "adaptive": True, "betas": betas, "eps": eps}  # fmt: skip
+
+
+@OPTIMIZERS.register("trac")
+def trac(
+    lr: float = 1e-3,
+    base: SpecType = "adam",
+    weight_decay: float = 0.0,
+    betas: Sequence[float] = DEFAULT_TRAC_BETAS,
+    s_prev: float = 1e-8,
+    eps: float = 1e-8,
+) -> OptimizerRecipe:
+    """TRAC (Muppidi et al. 2024) around the ``base`` optimiser preset (a name, or a spec
+    without ``lr``/``weight_decay``, which are given here): theta = theta_ref + S_t Delta_t with
+    the parameter-free scale S_t (:mod:`plasticity_rl.optim.trac`). ``betas``, ``s_prev`` and
+    ``eps`` are TRAC's own (the package's defaults)."""
+    _check_lr_and_decay(lr, weight_decay)
+    require(len(betas) > 0 and all(0 <= float(b) < 1 for b in betas), "optimizer.betas", betas,
+            "a non-empty list of numbers in [0, 1)")  # fmt: skip
+    require(s_prev > 0, "optimizer.s_prev", s_prev, "a number > 0")
+    require(eps > 0, "optimizer.eps", eps, "a number > 0")
+    base_name, base_kwargs = split_spec(base, "optimizer.base")
+    require(base_name != "trac", "optimizer.base", base_name, "an optimiser preset other than trac")
+    base_class, kwargs = OPTIMIZERS.create(base_name, lr=lr, weight_decay=weight_decay,
+                                           **base_kwargs)  # fmt: skip
+    return trac_class(base_class), {**kwargs, "trac_betas": tuple(float(b) for b in betas),
+                                    "trac_s_prev": s_prev, "trac_eps": eps}  # fmt: skip
 
 
 STEP_HOOK_KEYS = ("update_clip", "grad_clip_norm")

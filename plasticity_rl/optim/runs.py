@@ -32,6 +32,11 @@ from plasticity_rl.registry import require, split_spec
 PER_RUN_LR_OPTIMIZERS = ("sgd", "sgdm")
 """Presets that accept a list of learning rates, one per batched run."""
 
+CROSS_ELEMENT_OPTIMIZERS = ("upgd", "adaptive_upgd", "trac")
+"""Presets whose update of an element reads other elements of the whole optimiser (UPGD's
+global utility maximum, TRAC's one scale): a batched run would mix its runs, so they are
+refused there."""
+
 
 class PerRunLearningRates:
     """The step hooks of a per-run ``lr``: the optimiser (run at lr 1) steps with
@@ -83,9 +88,13 @@ def make_run_optimizer(
 
     Raises:
         ConfigError: ``lrs`` for an adaptive optimiser, of the wrong length, or out of range;
-            a ``grad_clip_norm`` (one norm over all runs would mix them).
+            a ``grad_clip_norm`` (one norm over all runs would mix them); one of
+            :data:`CROSS_ELEMENT_OPTIMIZERS`.
     """
     name, kwargs = split_spec(spec, "optimizer")
+    require(name not in CROSS_ELEMENT_OPTIMIZERS, "optimizer.name", name,
+            "an optimiser that updates each element on its own in batched runs (run one seed "
+            "per process for this one: --runs 1)")  # fmt: skip
     require(
         kwargs.get("grad_clip_norm") is None,
         "optimizer.grad_clip_norm",

@@ -11,7 +11,8 @@ per-weight step counts of the reset weights; Sokar et al. 2023 (ReDo) reset Adam
 - ``zero_moments``: every state tensor shaped like the parameter has the slice set to zero
   (Adam's ``exp_avg``/``exp_avg_sq``/``max_exp_avg_sq``, SGD's ``momentum_buffer``, RMSprop's
   ``square_avg``/``grad_avg``/``momentum_buffer``), except Adagrad's ``sum``, which goes back
-  to the group's ``initial_accumulator_value``; the step count is kept;
+  to the group's ``initial_accumulator_value``, and TRAC's reference, which is kept; the step
+  count is kept;
 - ``zero_moments_and_step``: also zero the step count of the slice, which needs a per-element
   step count (:class:`plasticity_rl.optim.adam.Adam`); torch's optimisers keep one step count
   per tensor, for which this mode raises :class:`~plasticity_rl.registry.ConfigError`.
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from plasticity_rl.nn.layers import unit_selector
 from plasticity_rl.optim.adam import UNIFORM_STEP
+from plasticity_rl.optim.trac import TRAC_STATE
 from plasticity_rl.registry import ConfigError, require
 
 OPTIMIZER_STATE_RESETS = ("keep", "zero_moments", "zero_moments_and_step")
@@ -79,7 +81,7 @@ def reset_optimizer_state(
             value.masked_fill_(select, 0)
             if UNIFORM_STEP in state:
                 state[UNIFORM_STEP] = None  # the elements' step counts now differ
-        elif isinstance(value, Tensor) and value.shape == param.shape:
+        elif isinstance(value, Tensor) and value.shape == param.shape and key != TRAC_STATE:
             value.masked_fill_(select, _reset_value(optimizer, param, key))
 
 
