@@ -17,10 +17,12 @@ from plasticity_rl.experiments.plots import RL_PANELS
 from plasticity_rl.experiments.results import (
     ALIGN_POINTS,
     align,
+    expand_per_task,
     final_value,
     find_runs,
     group_runs,
     lookup,
+    markdown_table,
 )
 from plasticity_rl.registry import ConfigError
 
@@ -194,6 +196,26 @@ def test_final_values_and_lookup(tmp_path):
     assert final_value(run, {"results": "gap.t1.depth"}) is None
     assert final_value(run, {"scalar": "missing"}) is None
     assert lookup({"a": [1, 2]}, "a.5") is None
+    # a window of steps, ends included: steps 20, 30, 40
+    assert final_value(run, {"scalar": "a", "steps": [20, 40]}) == 30.0
+    assert final_value(run, {"scalar": "a", "steps": [101, 200]}) is None
+
+
+def test_per_task_columns(tmp_path):
+    # two tasks of 50 steps; the last 20% of each: steps 40-50 and 90-100
+    columns = expand_per_task({"name": "r", "scalar": "a",
+                               "per_task": {"every_steps": 50, "tasks": 2}})  # fmt: skip
+    assert [c["name"] for c in columns] == ["r, task 1", "r, task 2"]
+    write_run(tmp_path, "x__s0", {"seed": 0}, {"a": [(s, float(s)) for s in range(0, 101, 10)]})
+    run = find_runs(tmp_path)[0]
+    assert [final_value(run, c) for c in columns] == [45.0, 95.0]
+    table = markdown_table(
+        group_runs([run]),
+        [{"name": "r", "scalar": "a", "per_task": {"every_steps": 50, "tasks": 2}}],
+    )
+    assert "| setting | seeds | r, task 1 | r, task 2 |" in table and "| 45 (1 seed) | 95" in table
+    with pytest.raises(ConfigError, match="table.per_task"):
+        expand_per_task({"name": "r", "scalar": "a", "per_task": {"every_steps": 0, "tasks": 2}})
 
 
 def test_runs_of_one_setting_name_with_other_configs_are_told_apart(tmp_path):

@@ -247,8 +247,9 @@ def final_value(run: Run, column: Mapping[str, Any]) -> float | None:
     ``reduce``, one of :data:`LIST_REDUCERS` (default ``mean``), over its ``first: N`` or
     ``last: N`` items (default all), unless the path indexes it), or ``scalar: <tag>`` with
     ``last_fraction`` (default 0.1: the mean of the values logged in the last 10% of the run's
-    steps), or ``pruning: <fraction>`` (the average accuracy after pruning that fraction, from
-    ``pruning.json``).
+    steps) or ``steps: [from, to]`` (the mean of the values logged in that window of steps,
+    ends included), or ``pruning: <fraction>`` (the average accuracy after pruning that
+    fraction, from ``pruning.json``).
     """
     if "results" in column:
         value = lookup(run.results or {}, str(column["results"]))
@@ -264,6 +265,10 @@ def final_value(run: Run, column: Mapping[str, Any]) -> float | None:
         return None if value is None else float(value)
     if "scalar" in column:
         steps, values = run.scalars(str(column["scalar"]))
+        if "steps" in column:  # a window [from, to] of steps
+            low, high = (float(v) for v in column["steps"])
+            inside = (steps >= low) & (steps <= high)
+            return float(values[inside].mean()) if inside.any() else None
         if not len(steps):
             return None
         start = steps[-1] - float(column.get("last_fraction", 0.1)) * (steps[-1] - steps[0])
@@ -274,6 +279,25 @@ def final_value(run: Run, column: Mapping[str, Any]) -> float | None:
         target = round(float(column["pruning"]), 9)
         return pruning["average_accuracy"][fractions.index(target)] if target in fractions else None
     raise ValueError(f"table column {dict(column)}: needs results, scalar or pruning")
+
+
+def expand_per_task(column: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A scalar column with ``per_task: {every_steps: T, tasks: N, last_fraction: f}`` as N
+    columns ``"<name>, task k"``, each the mean over the last fraction f (default 0.2) of task
+    k's steps ``[(k - 1) T, k T]`` (e.g. the return at the end of each task of a shifting env);
+    any other column as it is."""
+    spec = column.get("per_task")
+    if spec is None:
+        return [dict(column)]
+    every, tasks = int(spec["every_steps"]), int(spec["tasks"])
+    fraction = float(spec.get("last_fraction", 0.2))
+    require(every > 0 and tasks > 0 and 0 < fraction <= 1, "table.per_task", dict(spec),
+            "every_steps > 0, tasks > 0, 0 < last_fraction <= 1")  # fmt: skip
+    base = {k: v for k, v in column.items() if k not in ("per_task", "name")}
+    name = column["name"]
+    windows = [((k - fraction) * every, k * every) for k in range(1, tasks + 1)]
+    return [{**base, "name": f"{name}, task {k}", "steps": list(window)}
+            for k, window in enumerate(windows, start=1)]  # fmt: skip
 
 
 def summarise(group: Group, column: Mapping[str, Any]) -> tuple[float, float, float, int] | None:
@@ -312,10 +336,12 @@ def markdown_table(
 ) -> str:
     """Final numbers per setting (mean [95% bootstrap CI] over seeds) next to the published ones.
 
-    Each column is a :func:`final_value` spec with a ``name`` (its header, with the unit); a
-    column gets a ``published:`` neighbour when the experiment has a published value for it.
+    Each column is a :func:`final_value` spec with a ``name`` (its header, with the unit), or a
+    ``per_task`` spec (:func:`expand_per_task`); a column gets a ``published:`` neighbour when
+    the experiment has a published value for it.
     """
     published = published or {}
+    columns = [expanded for column in columns for expanded in expand_per_task(column)]
     names = [str(c["name"]) for c in columns]
     with_published = {
         n for n in names if any(published_value(published, g.label, n) for g in groups)
