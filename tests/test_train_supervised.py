@@ -198,9 +198,16 @@ def test_stability_gap_is_measured_with_continual_evaluation(tmp_path, mnist_dir
     assert "cl/eval/task0" in tags(tmp_path / "g")
 
 
-def test_resume_at_a_task_boundary_reproduces_the_uninterrupted_run(tmp_path, mnist_dir):
-    args = ["--env", "split-mnist", "--agent", "topk-adagrad", "--data-dir", str(mnist_dir),
-            "--set", "method.replay={capacity: 50}", "--set", "train.batch_size=16"]  # fmt: skip
+@pytest.mark.parametrize(
+    ("agent", "method"),
+    [("topk-adagrad", "method.replay={capacity: 50}"),
+     # owned weights, frozen values and per-task evaluation masks come from the checkpoint
+     ("powerprop", "method.efficient_packnet={search_examples: 50}")],
+)  # fmt: skip
+def test_resume_at_a_task_boundary_reproduces_the_uninterrupted_run(tmp_path, mnist_dir, agent,
+                                                                     method):  # fmt: skip
+    args = ["--env", "split-mnist", "--agent", agent, "--data-dir", str(mnist_dir),
+            "--set", method, "--set", "train.batch_size=16"]  # fmt: skip
     whole = run(tmp_path, "whole", *args)
     assert main([*args, "--logdir", str(tmp_path), "--name", "cut", *QUIET,
                  "--set", "train.stop_after_tasks=2"]) == 0  # fmt: skip

@@ -18,6 +18,7 @@ from plasticity_rl.methods.base import (
 )
 from plasticity_rl.methods.c_chain import CChain
 from plasticity_rl.methods.continual_backprop import ContinualBackprop
+from plasticity_rl.methods.efficient_packnet import EfficientPackNet
 from plasticity_rl.methods.ewc import EWC
 from plasticity_rl.methods.hare_tortoise import HareTortoise
 from plasticity_rl.methods.l2_init import L2Init
@@ -42,6 +43,7 @@ __all__ = [
     "METHODS",
     "CChain",
     "ContinualBackprop",
+    "EfficientPackNet",
     "EWC",
     "GradientPenalty",
     "HareTortoise",

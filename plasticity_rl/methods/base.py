@@ -20,6 +20,7 @@ count. Every interval is counted in optimiser steps.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -104,6 +105,12 @@ class Method:
 
     def on_task_end(self, task: Task, model: nn.Module) -> None:
         """Called by the supervised trainer once after the last step on ``task`` (never by PPO)."""
+
+    def evaluating_task(self, task: int) -> contextlib.AbstractContextManager[None]:
+        """The network as it should answer for task ``task`` (0-based) inside the block: the
+        supervised trainer evaluates each task inside it. Unchanged by default; EfficientPackNet
+        masks the weights of later tasks."""
+        return contextlib.nullcontext()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume exactly: tensors and plain numbers only."""

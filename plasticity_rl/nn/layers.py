@@ -218,6 +218,16 @@ def apply_pending_updates(layer: nn.Module) -> None:
         apply()
 
 
+def stored_weight(layer: nn.Linear, weight: Tensor) -> Tensor:
+    """What ``layer`` stores for the effective weight ``weight``: the parametrizations'
+    ``right_inverse`` in reverse order (Powerprop: v = sign(w)|w|^(1/alpha)); ``weight`` itself
+    for a plain layer."""
+    if parametrize.is_parametrized(layer, "weight"):
+        for p in reversed(layer.parametrizations.weight):
+            weight = p.right_inverse(weight)
+    return weight
+
+
 def set_weight(layer: nn.Linear, index: Tensor, values: Tensor, dim: int) -> None:
     """Set rows (``dim=0``) or columns (``dim=1``) of the effective weight to ``values``.
 
@@ -250,10 +260,7 @@ def set_weight(layer: nn.Linear, index: Tensor, values: Tensor, dim: int) -> Non
         # Only the runs with a selected unit are read and written (all of a plain layer).
         runs = index.any(-1).nonzero().squeeze(1) if index.dim() > 1 else slice(None)
         select = select[runs]
-        w = torch.where(select, values[runs], current[runs])
-        if parametrize.is_parametrized(layer, "weight"):
-            for p in reversed(layer.parametrizations.weight):
-                w = p.right_inverse(w)
+        w = stored_weight(layer, torch.where(select, values[runs], current[runs]))
         param = layer_parameter(layer)
         param[runs] = torch.where(select, w, param[runs])
 

@@ -8,6 +8,7 @@ TensorBoard tags: ``cl/accuracy/task<j>``, ``cl/eval/task<j>``, ``cl/average_acc
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +47,16 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, mask: Tensor | None) -> flo
         correct += int((logits.argmax(dim=1) == y[i : i + EVAL_BATCH]).sum())
     model.train(was_training)
     return 100.0 * correct / len(y)
+
+
+def task_accuracy(model: nn.Module, methods: dict[str, Method], task: int, x: Tensor, y: Tensor,
+                  mask: Tensor | None) -> float:  # fmt: skip
+    """:func:`accuracy` on task ``task``'s data with the network each method gives for that task
+    (:meth:`~plasticity_rl.methods.Method.evaluating_task`, e.g. EfficientPackNet's masks)."""
+    with contextlib.ExitStack() as stack:
+        for method in methods.values():
+            stack.enter_context(method.evaluating_task(task))
+        return accuracy(model, x, y, mask)
 
 
 def log_plasticity(writer: SummaryWriter, model: nn.Module, probe: Tensor, step: int,
@@ -117,7 +128,8 @@ def task_end_evaluation(stream: TaskStream, model: nn.Module, methods: dict[str,
     task = stream.tasks[t]
     for method in methods.values():
         method.on_task_end(task, model)
-    row = [accuracy(model, *test_set(stream, j, test_sets)) for j in range(len(stream.tasks))]
+    row = [task_accuracy(model, methods, j, *test_set(stream, j, test_sets))
+           for j in range(len(stream.tasks))]  # fmt: skip
     progress["accuracy_matrix"].append(row)
     for j, value in enumerate(row[: t + 1]):
         writer.add_scalar(f"cl/accuracy/task{j}", value, progress["step"])
@@ -134,16 +146,17 @@ def test_set(
     return cache[j]
 
 
-def continual_eval(stream: TaskStream, model: nn.Module, current: int,
+def continual_eval(stream: TaskStream, model: nn.Module, methods: dict[str, Method], current: int,
                    cache: dict[int, tuple[Tensor, Tensor, Tensor | None]], tc: Any,
                    writer: SummaryWriter, step: int, progress: dict[str, Any]) -> None:  # fmt: skip
     """Accuracy on a fixed test subset of every task seen so far (De Lange et al. 2023),
-    with the current task's class mask (the output units the learner has at this point)."""
+    with the current task's class mask (the output units the learner has at this point) and
+    each task's network (:func:`task_accuracy`)."""
     mask = test_set(stream, current, cache)[2]
     n = tc.eval_examples_per_task
     for j in range(current + 1):
         x, y, _ = test_set(stream, j, cache)
-        value = accuracy(model, x[:n], y[:n], mask)
+        value = task_accuracy(model, methods, j, x[:n], y[:n], mask)
         progress["curves"].setdefault(str(j), []).append([step, value])
         writer.add_scalar(f"cl/eval/task{j}", value, step)
 

@@ -188,8 +188,8 @@ def train_tasks(
                 if tc.eval_every_steps and step % tc.eval_every_steps == 0:
                     for run, writer in enumerate(writers):
                         run_stream, run_net = learner.streams[run], learner.run_model(run)
-                        continual_eval(run_stream, run_net, t, test_sets[run], tc, writer, step,
-                                       progresses[run])  # fmt: skip
+                        continual_eval(run_stream, run_net, methods, t, test_sets[run], tc,
+                                       writer, step, progresses[run])  # fmt: skip
                 bar.update()
                 done += size
                 if done == n:
