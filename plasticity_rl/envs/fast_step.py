@@ -92,11 +92,11 @@ class FastHopperEnv(_OneHealthCheckStep, HopperEnv):  # type: ignore[misc]
     def is_healthy(self) -> bool:
         """Gymnasium's Hopper health: ``z``, ``angle`` and every state entry after the first two
         (qpos[2:], qvel) strictly within their ranges."""
-        qpos, qvel = self.data.qpos, self.data.qvel
+        qpos = self.data.qpos
         low, high = self._healthy_state_range
-        rest = qpos[2:]
-        state_ok = bool(rest.min() > low and rest.max() < high)
-        state_ok = state_ok and bool(qvel.min() > low and qvel.max() < high)
+        state = np.concatenate((qpos[2:], self.data.qvel))
+        # NaN propagates through the reductions and fails both comparisons, as in Gymnasium
+        state_ok = bool(low < np.minimum.reduce(state) and np.maximum.reduce(state) < high)
         return (
             state_ok
             and _within(qpos[1], self._healthy_z_range)
