@@ -57,14 +57,14 @@ class _OneHealthCheckStep:
         x_position_after = qpos[0]
         x_velocity = (x_position_after - x_position_before) / self.dt
 
-        velocity = np.clip(self.data.qvel, -10, 10)
+        velocity = np.minimum(np.maximum(self.data.qvel, -10), 10)  # np.clip's values
         position = qpos[1:] if self._exclude_current_positions_from_observation else qpos
         observation = np.concatenate((position, velocity))
 
         healthy = self.is_healthy
         forward_reward = self._forward_reward_weight * x_velocity
         healthy_reward = healthy * self._healthy_reward
-        ctrl_cost = self._ctrl_cost_weight * np.sum(np.square(action))
+        ctrl_cost = self._ctrl_cost_weight * np.add.reduce(np.square(action))  # np.sum's
         reward = forward_reward + healthy_reward - ctrl_cost
         terminated = (not healthy) and self._terminate_when_unhealthy
         info = {
