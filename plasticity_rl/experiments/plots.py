@@ -183,7 +183,7 @@ def plot_curves(
             handles, labels = ax.get_legend_handles_labels()
     note = "lines: mean over seeds; bands: 95% bootstrap CI"
     if change_every:
-        note += f"; dotted: physics changes (every {change_every:,.0f} steps)"
+        note += f"; dotted: env changes (every {change_every:,.0f} steps)"
     seeds_text = "/".join(str(s) for s in seeds)
     fig.suptitle(f"{title}\n({note}; seeds per setting: {seeds_text})", fontsize=11)
     fig.tight_layout()

@@ -63,8 +63,8 @@ def default_figures(kind: str, runs: Sequence[Run]) -> list[dict[str, Any]]:
 
 
 def change_points(runs: Sequence[Run], kind: str) -> float | None:
-    """Env steps between physics changes (RL: ``every_env_steps``, the run's env steps over
-    all copies), else None."""
+    """Env steps between env changes (physics, permutations, reward targets; RL:
+    ``every_env_steps``, the run's env steps over all copies), else None."""
     if kind != "rl":
         return None
     env = runs[0].config.get("env") or {}
