@@ -21,8 +21,8 @@ def _separable_task() -> StandInTask:
 
 def test_search_keeps_the_largest_sparsity_within_the_tolerance_and_redraws_the_rest():
     # Logits = W x with W = [[2, 0.1], [-2, -0.01]]; the free magnitudes are 0.01, 0.1, 2, 2.
-    # Sparsity 0.75: the quantile is 2 and every weight is pruned (all logits 0: accuracy 50%);
-    # 0.5: threshold (0.1 + 2) / 2, the weights on x1 go and accuracy stays 100%: chosen.
+    # Sparsity 0.75: the 3rd smallest magnitude is 2, every weight is pruned (all logits 0:
+    # accuracy 50%); 0.5: threshold 0.1 (the 2nd), the weights on x1 go and accuracy stays 100%.
     layer = linear_with([[2.0, 0.1], [-2.0, -0.01]], [0.0, 0.0])
     method = EfficientPackNet(sparsities=[0.75, 0.5, 0.25], max_accuracy_drop=0.0)
     method.attach(layer, torch.optim.SGD(layer.parameters(), lr=0.1))

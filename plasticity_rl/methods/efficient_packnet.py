@@ -9,7 +9,8 @@ is zeroed before it, so no optimiser state builds up for them). At the end of ta
 1. a = accuracy on the first ``search_examples`` training examples of task t (its class mask
    applied), with the weights task t would be evaluated with (below);
 2. for each sparsity S in ``sparsities``, from the largest: zero the smallest-magnitude fraction
-   S of the free weights (one threshold over all layers; for a Powerprop layer the magnitude of
+   S of the free weights (those at or below the ceil(S n)-th smallest magnitude of the n free
+   weights, one threshold over all layers; for a Powerprop layer the magnitude of
    its stored v orders the weights as |w| = |v|^alpha does) and measure a_S; take the first S
    with a - a_S <= ``max_accuracy_drop`` (percentage points); S = 0 if none;
 3. the kept free weights become task t's (frozen); the pruned ones are redrawn from the layer's
@@ -28,6 +29,7 @@ options here.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -157,7 +159,9 @@ class EfficientPackNet(Method):
         if free_magnitudes.numel():
             reference = accuracy_keeping(None)
             for sparsity in self.sparsities:
-                candidate = float(torch.quantile(free_magnitudes.double(), sparsity))
+                # the k-th smallest magnitude, k = ceil(S n): torch.quantile caps its input size
+                k = max(1, math.ceil(sparsity * free_magnitudes.numel()))
+                candidate = float(free_magnitudes.kthvalue(k).values)
                 if reference - accuracy_keeping(candidate) <= self.max_accuracy_drop:
                     chosen, threshold = sparsity, candidate
                     break
