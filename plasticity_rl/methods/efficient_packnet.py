@@ -143,14 +143,19 @@ class EfficientPackNet(Method):
     @torch.no_grad()
     def on_task_end(self, task: Task, model: nn.Module) -> None:
         """Search the sparsity, give the kept free weights to this task, redraw the rest."""
+        # imported here: the supervised evaluation imports this package
+        from plasticity_rl.supervised.evaluation import accuracy
+        from plasticity_rl.supervised.steps import class_mask
+
         t = self.tasks_done
         x, y = task.train_x[: self.search_examples], task.train_y[: self.search_examples]
+        mask = class_mask(task, self.layers[-1].out_features)
         earlier = [(owner != FREE) & (owner < t) for owner in self.owners]
 
         def accuracy_keeping(threshold: float | None) -> float:
             kept = self._kept_free(threshold)
             with self._only([a | b for a, b in zip(earlier, kept, strict=True)]):
-                return _accuracy(model, x, y, task.active_classes)
+                return accuracy(model, x, y, mask)
 
         free_magnitudes = torch.cat([layer_parameter(layer).abs()[owner == FREE]
                                      for layer, owner in zip(self.layers, self.owners,
@@ -203,16 +208,3 @@ class EfficientPackNet(Method):
         self.frozen_biases = [b.clone() if b.numel() else None for b in state["frozen_biases"]]
         self.tasks_done = int(state["tasks_done"])
         self.chosen_sparsities = [float(v) for v in state["chosen_sparsities"]]
-
-
-@torch.no_grad()
-def _accuracy(model: nn.Module, x: Tensor, y: Tensor, classes: Sequence[int]) -> float:
-    """Accuracy in % with the logits of classes outside ``classes`` masked, in eval mode."""
-    was_training = model.training
-    model.eval()
-    logits = model(x)
-    mask = torch.full((logits.shape[-1],), float("-inf"))
-    mask[list(classes)] = 0.0
-    correct = int(((logits + mask).argmax(dim=-1) == y).sum())
-    model.train(was_training)
-    return 100.0 * correct / max(len(y), 1)

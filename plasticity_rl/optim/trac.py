@@ -55,6 +55,11 @@ def erfi(x: Tensor) -> Tensor:
     return 2 / math.sqrt(math.pi) * x * (powers / odd).sum(-1)
 
 
+_SQRT2 = torch.sqrt(torch.tensor(2.0))
+_ERFI_OF_INV_SQRT2 = erfi(torch.tensor(1.0) / _SQRT2).float()
+"""erfi(1/sqrt 2) in float32, the normaliser of s_prev (computed once, as the package would)."""
+
+
 class _TracStep:
     """The TRAC step around ``super().step()`` (mixed into a base optimiser class)."""
 
@@ -91,9 +96,8 @@ class _TracStep:
             deltas.append(delta.add_(p - theta))
         trac["variance"].mul_(betas**2).add_(h**2)
         trac["sigma"].mul_(betas).sub_(h)
-        sqrt2 = torch.sqrt(torch.tensor(2.0))
-        first = torch.tensor(s_prev) / erfi(torch.tensor(1.0) / sqrt2).float()
-        ratio = trac["sigma"] / (sqrt2 * trac["variance"].sqrt() + eps)
+        first = torch.tensor(s_prev) / _ERFI_OF_INV_SQRT2
+        ratio = trac["sigma"] / (_SQRT2 * trac["variance"].sqrt() + eps)
         trac["s"].copy_(first * erfi(ratio).float())
         scale = torch.clamp(trac["s"].sum(), min=0.0)
         for p, delta in zip(params, deltas, strict=True):
