@@ -37,6 +37,7 @@ from plasticity_rl.nn.layers import (
     sample_bias,
     sample_weight,
     set_weight,
+    weight_shape,
     with_run_dim,
 )
 from plasticity_rl.nn.mlp import HiddenLayer, hidden_layers
@@ -237,29 +238,33 @@ def network_roots(model: Model) -> list[list[nn.Module]]:
     return [list(net) if isinstance(net, Sequence) else [net] for net in networks]
 
 
-def network_linear_layers(model: Model) -> list[list[nn.Linear]]:
-    """The ``nn.Linear`` layers of each network of ``model`` in registration (forward) order:
-    one list for one network, one per network of a mapping (so ``[-1]`` is a network's output
-    layer)."""
+WeightLayer = nn.Linear | nn.Conv2d
+"""A layer with a weight matrix (a conv's: one row per output channel)."""
+
+
+def network_weight_layers(model: Model) -> list[list[WeightLayer]]:
+    """The ``nn.Linear`` and ``nn.Conv2d`` layers of each network of ``model`` in registration
+    (forward) order: one list for one network, one per network of a mapping (so ``[-1]`` is a
+    network's output layer)."""
     per_network = []
     for roots in network_roots(model):
-        found: dict[int, nn.Linear] = {}
+        found: dict[int, WeightLayer] = {}
         for root in roots:
             for module in root.modules():
-                if isinstance(module, nn.Linear):
+                if isinstance(module, nn.Linear | nn.Conv2d):
                     found.setdefault(id(module), module)
         per_network.append(list(found.values()))
     return per_network
 
 
-def linear_layers(model: Model, output_layers: bool = True) -> list[nn.Linear]:
-    """Every distinct ``nn.Linear`` of ``model``, in registration order.
+def weight_layers(model: Model, output_layers: bool = True) -> list[WeightLayer]:
+    """Every distinct ``nn.Linear`` and ``nn.Conv2d`` of ``model``, in registration order.
 
-    With ``output_layers=False`` the last linear layer of each network (its output layer)
+    With ``output_layers=False`` the last weight layer of each network (its output layer)
     is left out.
     """
-    found: dict[int, nn.Linear] = {}
-    for layers in network_linear_layers(model):
+    found: dict[int, WeightLayer] = {}
+    for layers in network_weight_layers(model):
         for layer in layers if output_layers else layers[:-1]:
             found.setdefault(id(layer), layer)
     return list(found.values())
@@ -278,7 +283,7 @@ def model_parameters(model: Model) -> list[Tensor]:
 
 def is_batched(model: Model) -> bool:
     """Whether ``model`` holds batched runs (:class:`~plasticity_rl.nn.layers.BatchedLinear`)."""
-    return any(run_shape(layer) for layer in linear_layers(model))
+    return any(run_shape(layer) for layer in weight_layers(model))
 
 
 def on_training_forward(
@@ -300,9 +305,9 @@ def on_training_forward(
     return [layer.activation.register_forward_hook(hook_for(layer)) for layer in layers]
 
 
-class LinearLayerMethod(Method):
-    """A method that changes linear layers' parameters after optimiser steps: shrink and
-    perturb, weight clipping, normalize-and-project.
+class WeightLayerMethod(Method):
+    """A method that changes weight layers' parameters (:func:`weight_layers`: linear and conv
+    layers) after optimiser steps: shrink and perturb, weight clipping, normalize-and-project.
 
     After every ``every_optimizer_steps``-th optimiser step (a step post-hook; the step count
     :attr:`steps` is the method's state) :meth:`_apply` runs on each layer of :attr:`layers`,
@@ -319,7 +324,7 @@ class LinearLayerMethod(Method):
         self.every_optimizer_steps = check_count(
             every_optimizer_steps, f"{name}.every_optimizer_steps", 1
         )
-        self.layers: list[nn.Linear] = []
+        self.layers: list[WeightLayer] = []
         self.steps = 0
         """Optimiser steps since attach."""
 
@@ -329,7 +334,7 @@ class LinearLayerMethod(Method):
 
     def _select_layers(self, model: Model) -> list[nn.Linear]:
         """The layers to act on: every ``nn.Linear`` of the model unless overridden."""
-        return linear_layers(model)
+        return weight_layers(model)
 
     def _after_step(self, *_: Any) -> None:
         self.steps += 1
@@ -361,7 +366,9 @@ def refuse_parametrized(layers: Iterable[nn.Linear], key: str) -> None:
 class HiddenLayerMethod(Method):
     """A method acting on hidden layers after each optimiser step (continual backprop, ReDo).
 
-    It keeps each layer's activations (detached) from the last training forward and, after
+    It keeps each layer's activations (detached; a conv layer's as channel means,
+    :meth:`~plasticity_rl.nn.mlp.HiddenLayer.unit_activations`) from the last training forward
+    and, after
     every optimiser step, hands them to :meth:`_after_step`; a forward's activations are used
     by one step only. Per-layer counters appear in :meth:`stats` as ``"<layer>/<counter>"``;
     they are float64 tensors with the layer's run dims (0-d for a plain layer, ``(S,)`` for a
@@ -385,7 +392,7 @@ class HiddenLayerMethod(Method):
         self._setup()
 
         def record(layer: HiddenLayer, h: Tensor) -> None:
-            self._activations[layer.name] = h.detach()
+            self._activations[layer.name] = layer.unit_activations(h.detach())
 
         def after_step(*_: Any) -> None:
             activations, self._activations = self._activations, {}
@@ -491,7 +498,10 @@ def reset_units(
     zeroed (:meth:`~plasticity_rl.nn.mlp.HiddenLayer.per_feature`). A pre-activation
     LayerNorm gets gain 1 and bias 0 at the units (its init), with their optimiser state
     reset the same way; since the norm mixes all units of the layer, the other units' outputs
-    change a little when a unit's incoming weights are redrawn.
+    change a little when a unit's incoming weights are redrawn. A conv layer's unit is an
+    output channel (its kernel ``incoming.weight[j]``, the kernels ``outgoing.weight[:, j]``);
+    its BatchNorm gets gain 1, bias 0 and the running statistics of a new BatchNorm (mean 0,
+    variance 1) at the channel.
 
     ``units`` is a 1-D long tensor of unit indices, or a bool unit mask with the layer's run
     dims (``(width,)`` for a plain layer, ``(S, width)`` for a batched one: ``units[s, j]``
@@ -515,6 +525,9 @@ def reset_units(
             if p is not None]  # fmt: skip
         for param, value in norm_parameters:
             param.masked_fill_(units, value)
+        if isinstance(layer.norm, nn.BatchNorm2d) and layer.norm.track_running_stats:
+            layer.norm.running_mean.masked_fill_(units, 0.0)
+            layer.norm.running_var.masked_fill_(units, 1.0)
     reset_optimizer_state(optimizer, layer_parameter(incoming), units, 0, optimizer_state)
     if incoming.bias is not None:
         reset_optimizer_state(optimizer, incoming.bias, units, 0, optimizer_state)
@@ -532,7 +545,7 @@ def reset_layer(
     ``optimizer_state`` (:data:`plasticity_rl.optim.state.OPTIMIZER_STATE_RESETS`) applied to
     every row of both. The whole-layer counterpart of :func:`reset_units` (reset_layers,
     Nikishin et al. 2022)."""
-    every_row = torch.ones(*run_shape(layer), layer.out_features, dtype=torch.bool)
+    every_row = torch.ones(*run_shape(layer), weight_shape(layer)[0], dtype=torch.bool)
     with torch.no_grad():
         set_weight(layer, every_row, sample_weight(layer), dim=0)
         if hasattr(layer, "project_"):

@@ -28,8 +28,9 @@ Units with a_j > m are eligible. How many are replaced (rho = replacement rate):
   run's generator every step), else floor(x).
 
 The eligible units with the lowest u^ are replaced: the removed unit's mean contribution
-w_out[:, j] f^_j is added to the next layer's bias (skipped if that layer has no bias, so the
-contribution is then lost), the unit gets fresh incoming weights and zero outgoing weights
+w_out[:, j] f^_j is added to the next layer's bias (``bias_transfer``; skipped if that layer
+has no bias, so the contribution is then lost), the unit gets fresh incoming weights and zero
+outgoing weights
 (:func:`~plasticity_rl.methods.base.reset_units`), and u_j = f_j = a_j = 0.
 
 A unit of a concatenating activation (CReLU, deep Fourier features: features h_j, h_{j+n})
@@ -41,6 +42,17 @@ magnitude), so replacing the unit removes exactly what its features contributed.
 The reference code (``lop/algos/gnt.py``) zeroes f_j before it computes that bias transfer, so
 there it adds nothing; this is a plain bug (the transfer is the step the 2021 paper describes)
 and is kept out here.
+
+Convolutional layers (a channel is a unit, :class:`~plasticity_rl.nn.mlp.HiddenLayer`): h_ij
+is channel j's mean over the positions of example i's feature map, a unit's outgoing weights
+are all the kernel entries ``w_out[:, j]`` that read it (``agg`` over output channels and
+kernel positions) and its incoming weights its kernel ``w_in[j]``; the bias transfer uses each
+kernel's sum (exact away from the zero-padded border). Dohare et al.'s ResNet code
+(``lop/algos/res_gnt.py``, ``ResGnT``) scores a channel as ``mean |w_out|`` now times a running
+``mean |h|``, counts rho times all the layer's channels (not only the eligible ones), does
+not transfer the bias, and keeps the optimiser state; ``agents/resnet18-cbp.yaml`` says how
+it is set to match, and where it differs. (ResGnT's running mean of |h| is never decayed,
+``mean_feature_mag += (1 - eta) |h|``: a plain bug, kept out; here it decays with eta.)
 """
 
 from __future__ import annotations
@@ -132,6 +144,8 @@ class ContinualBackprop(HiddenLayerMethod):
         utility: ``"contribution"`` (Nature paper) or ``"adaptable_contribution"``.
         accumulate: replace floor(accumulated rho * n_eligible) units (True) or one unit with
             probability rho * n_eligible when that is below 1 (False, the reference's default).
+        bias_transfer: add a replaced unit's mean contribution to the next layer's bias
+            (Dohare et al. 2021; their ResNet code does not).
         optimizer_state: what happens to the replaced weights' optimiser state (see
             :data:`plasticity_rl.optim.state.OPTIMIZER_STATE_RESETS`).
     """
@@ -147,6 +161,7 @@ class ContinualBackprop(HiddenLayerMethod):
         optimizer_state: str = "zero_moments",
         utility: str = "contribution",
         accumulate: bool = True,
+        bias_transfer: bool = True,
     ):
         super().__init__()
         self.replacement_rate = per_run(
@@ -174,6 +189,9 @@ class ContinualBackprop(HiddenLayerMethod):
         self.outgoing = outgoing
         self.utility = utility
         self.accumulate = accumulate
+        require(isinstance(bias_transfer, bool), "continual_backprop.bias_transfer",
+                bias_transfer, "true or false")  # fmt: skip
+        self.bias_transfer = bias_transfer
         self.optimizer_state = optimizer_state
         self.statistics: dict[str, UnitStatistics] = {}
         self._views: dict[str, _LayerViews] = {}
@@ -225,7 +243,7 @@ class ContinualBackprop(HiddenLayerMethod):
         w_out = views.w_out
         if w_out is None:  # a parametrized weight is recomputed from its parameter
             w_out = with_run_dim(layer.outgoing.weight.detach(), layer.outgoing)
-        contribution = self._magnitude(w_out, 1)  # per feature, (S, features)
+        contribution = self._magnitude(w_out, unit_dim=2)  # per feature, (S, features)
         age += 1
         bias_correction = 1 - eta ** age.to(utility.dtype)
         h_mean = batch_mean(h)  # mean_i h_ij, (S, features)
@@ -241,7 +259,7 @@ class ContinualBackprop(HiddenLayerMethod):
             mean_hat = mean_activation / layer.per_feature(bias_correction)
             deviation = (h - mean_hat.unsqueeze(1)).abs()
             contribution = layer.per_unit(contribution.mul_(batch_mean(deviation)))
-            contribution.div_(self._magnitude(w_in, 2))
+            contribution.div_(self._magnitude(w_in, unit_dim=1))
             utility.lerp_(contribution, 1 - eta)
 
         eligible = age > self._maturity
@@ -258,11 +276,13 @@ class ContinualBackprop(HiddenLayerMethod):
         units = ranks < n_replace.unsqueeze(1)
 
         features = layer.per_feature(units)
-        if layer.outgoing.bias is not None:
+        if self.bias_transfer and layer.outgoing.bias is not None:
             mean_activation_hat = torch.where(
                 features, mean_activation / layer.per_feature(bias_correction), 0.0
             )
-            shift = torch.bmm(w_out, mean_activation_hat.unsqueeze(2)).squeeze(2)
+            # a conv's kernels summed over their positions (border padding neglected)
+            w_sum = w_out if w_out.dim() == 3 else w_out.flatten(3).sum(3)  # (S, next, units)
+            shift = torch.bmm(w_sum, mean_activation_hat.unsqueeze(2)).squeeze(2)
             with torch.no_grad():
                 with_run_dim(layer.outgoing.bias, layer.outgoing).add_(shift)
         reset_units(layer, units.view(stats.utility.shape), self.optimizer, self.optimizer_state)
@@ -271,9 +291,11 @@ class ContinualBackprop(HiddenLayerMethod):
         age.masked_fill_(units, 0)
         self._counts[layer.name] += n_replace.view(stats.pending_replacements.shape)
 
-    def _magnitude(self, weight: Tensor, dim: int) -> Tensor:
-        """``agg |weight|`` over ``dim`` (sum or mean, :data:`OUTGOING_AGGREGATES`)."""
-        return weight.abs().sum(dim) if self.outgoing == "sum" else weight.abs().mean(dim)
+    def _magnitude(self, weight: Tensor, unit_dim: int) -> Tensor:
+        """``agg |weight|`` over every dim but the run dim (0) and ``unit_dim``: a unit's
+        weights (sum or mean, :data:`OUTGOING_AGGREGATES`), ``(S, units)``."""
+        dims = tuple(d for d in range(1, weight.dim()) if d != unit_dim)
+        return weight.abs().sum(dims) if self.outgoing == "sum" else weight.abs().mean(dims)
 
     def _replacements(
         self, layer: HiddenLayer, n_eligible: Tensor, pending: Tensor

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from plasticity_rl.methods.base import METHODS, Method, check_count, check_number, linear_layers
+from plasticity_rl.methods.base import METHODS, Method, check_count, check_number, weight_layers
 from plasticity_rl.nn.layers import layer_parameter, sample_weight, stored_weight
 from plasticity_rl.registry import require
 
@@ -83,7 +83,7 @@ class EfficientPackNet(Method):
         self.chosen_sparsities: list[float] = []
 
     def _attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> list[RemovableHandle]:
-        self.layers = linear_layers(model)
+        self.layers = weight_layers(model)
         for layer in self.layers:
             stored = layer_parameter(layer)
             require(stored.dim() == 2, "method.efficient_packnet", "batched network",

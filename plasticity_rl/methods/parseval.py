@@ -27,9 +27,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from plasticity_rl.methods.base import METHODS, Model, check_count, check_number, linear_layers
+from plasticity_rl.methods.base import METHODS, Model, check_count, check_number, weight_layers
 from plasticity_rl.methods.penalty import GradientPenalty
-from plasticity_rl.nn.layers import layer_parameter
+from plasticity_rl.nn.layers import layer_parameter, weight_shape
 
 
 @METHODS.register("parseval")
@@ -58,14 +58,14 @@ class Parseval(GradientPenalty):
         self.layers: list[nn.Linear] = []
 
     def _penalised(self, model: Model, optimizer: torch.optim.Optimizer) -> list[Tensor]:
-        self.layers = linear_layers(model, output_layers=False)
+        self.layers = weight_layers(model, output_layers=False)
         return [layer_parameter(layer) for layer in self.layers]
 
     def layer_factor(self, layer: nn.Linear) -> float:
         """(w_ref / n_l)^2, or 1 without a reference width."""
         if self.reference_width is None:
             return 1.0
-        return (self.reference_width / layer.out_features) ** 2
+        return (self.reference_width / weight_shape(layer)[0]) ** 2
 
     def penalty_value(self) -> Tensor | None:
         """lambda sum_l (w_ref / n_l)^2 ||W_l W_l^T - s I||_F^2; None for lambda = 0."""
@@ -73,7 +73,7 @@ class Parseval(GradientPenalty):
             return None
         total = 0.0
         for layer in self.layers:
-            w = layer.weight
+            w = layer.weight.flatten(1) if isinstance(layer, nn.Conv2d) else layer.weight
             identity = torch.eye(w.shape[-2], dtype=w.dtype, device=w.device)
             gram = w @ w.transpose(-1, -2) - self.scale * identity
             total = total + self.layer_factor(layer) * gram.square().sum()

@@ -46,7 +46,7 @@ from plasticity_rl.methods.base import (
     Model,
     check_count,
     is_batched,
-    network_linear_layers,
+    network_weight_layers,
     reset_layer,
 )
 from plasticity_rl.nn.layers import layer_parameter
@@ -88,7 +88,7 @@ class PlasticityInjection(Method):
             raise ConfigError("method.plasticity_injection", "batched runs",
                               "single runs (a run's view of a batched network cannot hold the "
                               "grown head)")  # fmt: skip
-        self.heads = [layers[-1] for layers in network_linear_layers(model)]
+        self.heads = [layers[-1] for layers in network_weight_layers(model)]
         self.optimizer = optimizer
         # clean copies to draw the injected layers from (made before any hook is added)
         self._templates = [copy.deepcopy(head) for head in self.heads]

@@ -112,4 +112,6 @@ class ReGraMa(ReDo):
 
     def _scores(self, layer: HiddenLayer, activations: dict[str, Tensor]) -> Tensor | None:
         grad = layer_parameter(layer.incoming).grad
-        return None if grad is None else grama_scores(grad)
+        if grad is None:
+            return None
+        return grama_scores(grad.flatten(1) if layer.convolutional else grad)

@@ -35,7 +35,7 @@ from plasticity_rl.methods.base import (
     Method,
     Model,
     check_count,
-    network_linear_layers,
+    network_weight_layers,
     reset_layer,
 )
 from plasticity_rl.optim.state import check_optimizer_state_mode
@@ -72,7 +72,7 @@ class ResetLayers(Method):
         self._resets = 0
 
     def _attach(self, model: Model, optimizer: torch.optim.Optimizer) -> list[RemovableHandle]:
-        self.layers = [layer for layers in network_linear_layers(model)
+        self.layers = [layer for layers in network_weight_layers(model)
                        for layer in layers[-self.last_layers:]]  # fmt: skip
         self.optimizer = optimizer
         return [optimizer.register_step_post_hook(self._after_step)]

@@ -2,7 +2,7 @@
 weight projection of normalize-and-project.
 
 Both act on every linear layer of the model after each optimiser step
-(:class:`~plasticity_rl.methods.base.LinearLayerMethod`, the step post-hook shrink and perturb
+(:class:`~plasticity_rl.methods.base.WeightLayerMethod`, the step post-hook shrink and perturb
 also uses), on the layer's own weight: parametrized layers (weight norm, Powerprop) are
 refused. In a batched network each run is constrained on its own.
 """
@@ -18,14 +18,14 @@ from torch import Tensor, nn
 
 from plasticity_rl.methods.base import (
     METHODS,
-    LinearLayerMethod,
     Model,
+    WeightLayerMethod,
     check_number,
     is_batched,
-    linear_layers,
     refuse_parametrized,
+    weight_layers,
 )
-from plasticity_rl.nn.layers import init_bound
+from plasticity_rl.nn.layers import fans, init_bound
 from plasticity_rl.registry import require
 
 CLIP_BOUNDS = ("init", "fan_in")
@@ -33,7 +33,7 @@ CLIP_BOUNDS = ("init", "fan_in")
 
 
 @METHODS.register("weight_clipping")
-class WeightClipping(LinearLayerMethod):
+class WeightClipping(WeightLayerMethod):
     """Clip every weight and bias of a layer to [-kappa b, kappa b] after every step.
 
     Elsayed, Lan, Lyle & Mahmood 2024, "Weight Clipping for Deep Continual and Reinforcement
@@ -73,7 +73,7 @@ class WeightClipping(LinearLayerMethod):
         """kappa b_l per clipped layer."""
 
     def _select_layers(self, model: Model) -> list[nn.Linear]:
-        layers = linear_layers(model, output_layers=self.output_layer)
+        layers = weight_layers(model, output_layers=self.output_layer)
         refuse_parametrized(layers, "method.weight_clipping")
         self.limits = {layer: self.kappa * self.layer_bound(layer) for layer in layers}
         return layers
@@ -81,7 +81,7 @@ class WeightClipping(LinearLayerMethod):
     def layer_bound(self, layer: nn.Linear) -> float:
         """b_l for the configured ``bound``."""
         if self.bound == "fan_in":
-            return 1.0 / math.sqrt(layer.in_features)
+            return 1.0 / math.sqrt(fans(layer)[0])
         bound = init_bound(layer)
         require(bound is not None, "weight_clipping.bound", self.bound,
                 f"fan_in for a layer with init {getattr(layer, 'init_scheme', None)} "
@@ -96,7 +96,7 @@ class WeightClipping(LinearLayerMethod):
 
 
 @METHODS.register("normalize_and_project")
-class NormalizeAndProject(LinearLayerMethod):
+class NormalizeAndProject(WeightLayerMethod):
     """Project each weight matrix back to its initial Frobenius norm after every step.
 
     The projection half of Normalize-and-Project (NaP; Lyle, Zheng, Khetarpal, Martens, van
@@ -125,7 +125,7 @@ class NormalizeAndProject(LinearLayerMethod):
         self._batched = False
 
     def _select_layers(self, model: Model) -> list[nn.Linear]:
-        layers = linear_layers(model, output_layers=self.output_layer)
+        layers = weight_layers(model, output_layers=self.output_layer)
         refuse_parametrized(layers, "method.normalize_and_project")
         self.norms = {layer: _frobenius(layer.weight.detach()) for layer in layers}
         self._batched = is_batched(model)
@@ -135,7 +135,7 @@ class NormalizeAndProject(LinearLayerMethod):
         weight = layer.weight
         if weight.requires_grad:
             scale = self.norms[layer] / _frobenius(weight).clamp_min(1e-12)
-            weight.mul_(scale[..., None, None])
+            weight.mul_(scale.view(*scale.shape, *[1] * (weight.dim() - scale.dim())))
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "norms": [self.norms[layer] for layer in self.layers]}
@@ -154,5 +154,8 @@ class NormalizeAndProject(LinearLayerMethod):
 
 
 def _frobenius(weight: Tensor) -> Tensor:
-    """||W||_F over the last two dims (one value per run of a batched weight)."""
+    """||W||_F over the last two dims (one value per run of a batched weight); over the whole
+    of a conv weight ``(out, in, kh, kw)``."""
+    if weight.dim() == 4:
+        return torch.linalg.vector_norm(weight)
     return torch.linalg.matrix_norm(weight)

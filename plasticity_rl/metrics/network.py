@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from plasticity_rl.nn.layers import BatchedLayerNorm, BatchedLinear
-from plasticity_rl.nn.mlp import hidden_layers
+from plasticity_rl.nn.mlp import HiddenLayer, hidden_layers
 from plasticity_rl.registry import require
 
 SRANK_TOLERANCE = 1e-6
@@ -554,10 +554,11 @@ def collect_activations(
     """Post-activation output of every hidden layer of ``model`` on ``probe``, by layer name.
 
     Hidden layers are found by :func:`plasticity_rl.nn.mlp.hidden_layers` (names ``hidden1``,
-    ``hidden2``, ...). Runs ``forward(probe)`` (default ``model(probe)``) under
-    ``torch.no_grad()`` with the modules of ``model`` in eval mode and a forward hook on each
-    layer's activation module. Hooks are removed and every module's training flag restored
-    afterwards, also on error.
+    ``hidden2``, ...); a conv layer's activations are its channels' spatial means, ``(N, C)``
+    (:meth:`~plasticity_rl.nn.mlp.HiddenLayer.unit_activations`). Runs ``forward(probe)``
+    (default ``model(probe)``) under ``torch.no_grad()`` with the modules of ``model`` in eval
+    mode and a forward hook on each layer's activation module. Hooks are removed and every
+    module's training flag restored afterwards, also on error.
 
     Args:
         model: a module, or a list of modules in forward order (e.g. an SB3 policy's
@@ -576,11 +577,11 @@ def collect_activations(
     roots = [model] if isinstance(model, nn.Module) else list(model)
     outputs: dict[str, Tensor] = {}
 
-    def recorder(name: str) -> Callable[[nn.Module, Any, Tensor], None]:
+    def recorder(layer: HiddenLayer) -> Callable[[nn.Module, Any, Tensor], None]:
         def record(_module: nn.Module, _inputs: Any, output: Tensor) -> None:
-            if name in outputs:
-                raise RuntimeError(f"collect_activations: layer {name} ran more than once")
-            outputs[name] = output.detach().clone()
+            if layer.name in outputs:
+                raise RuntimeError(f"collect_activations: layer {layer.name} ran more than once")
+            outputs[layer.name] = layer.unit_activations(output.detach()).clone()
 
         return record
 
@@ -588,7 +589,7 @@ def collect_activations(
     handles: list[RemovableHandle] = []
     try:
         for layer in layers:
-            handles.append(layer.activation.register_forward_hook(recorder(layer.name)))
+            handles.append(layer.activation.register_forward_hook(recorder(layer)))
         with evaluation_mode(roots), torch.no_grad():
             forward(probe)
     finally:

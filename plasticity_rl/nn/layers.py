@@ -32,7 +32,7 @@ from plasticity_rl.registry import ConfigError, require
 
 
 def _lecun_uniform_(w: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    bound = math.sqrt(3.0 / w.shape[1])
+    bound = math.sqrt(3.0 / w[0].numel())  # fan_in: a row's inputs (a conv kernel's C*kh*kw)
     return nn.init.uniform_(w, -bound, bound, generator=generator)
 
 
@@ -42,7 +42,8 @@ def _default_(w: Tensor, generator: torch.Generator | None = None) -> Tensor:
 
 
 InitScheme = Callable[..., Tensor]
-"""``init_(w, generator=None)``: fill a 2-D weight in place (``None``: torch's global RNG)."""
+"""``init_(w, generator=None)``: fill a weight in place (``None``: torch's global RNG): a 2-D
+linear weight, or a conv weight ``(out, in, kh, kw)`` with torch's fans for convs."""
 
 INIT_SCHEMES: dict[str, InitScheme] = {
     "default": _default_,
@@ -128,7 +129,23 @@ _UNIFORM_BOUNDS: dict[str, Callable[[int, int], float]] = {
 """b(fan_in, fan_out) of the init schemes that draw weights from U(-b, b)."""
 
 
-def init_bound(layer: nn.Linear) -> float | None:
+def fans(layer: nn.Linear | nn.Conv2d) -> tuple[int, int]:
+    """(fan_in, fan_out) of one run's weight, as torch's init functions count them: a linear
+    layer's inputs and outputs; a conv's (in_channels / groups) kh kw and out_channels kh kw."""
+    if isinstance(layer, nn.Conv2d):
+        kernel = math.prod(layer.kernel_size)
+        return layer.in_channels // layer.groups * kernel, layer.out_channels * kernel
+    return layer.in_features, layer.out_features
+
+
+def weight_shape(layer: nn.Linear | nn.Conv2d) -> tuple[int, ...]:
+    """The shape of one run's weight: ``(out, in)``, or a conv's ``(out, in / groups, kh, kw)``."""
+    if isinstance(layer, nn.Conv2d):
+        return (layer.out_channels, layer.in_channels // layer.groups, *layer.kernel_size)
+    return layer.out_features, layer.in_features
+
+
+def init_bound(layer: nn.Linear | nn.Conv2d) -> float | None:
     """b of the layer's uniform init distribution U(-b, b), times its ``init_scale``; None
     for a scheme that is not uniform (``kaiming_normal``, ``orthogonal``).
 
@@ -139,10 +156,10 @@ def init_bound(layer: nn.Linear) -> float | None:
     bound = _UNIFORM_BOUNDS.get(getattr(layer, "init_scheme", "default"))
     if bound is None:
         return None
-    return bound(layer.in_features, layer.out_features) * getattr(layer, "init_scale", 1.0)
+    return bound(*fans(layer)) * getattr(layer, "init_scale", 1.0)
 
 
-def sample_weight(layer: nn.Linear, runs: Tensor | None = None) -> Tensor:
+def sample_weight(layer: nn.Linear | nn.Conv2d, runs: Tensor | None = None) -> Tensor:
     """A fresh effective weight matrix drawn from the layer's init distribution.
 
     Interventions that reset units copy rows of this into the layer (see :func:`set_weight`).
@@ -150,7 +167,7 @@ def sample_weight(layer: nn.Linear, runs: Tensor | None = None) -> Tensor:
     single layer would draw it, from the run's own generator (:func:`run_generators`); with
     ``runs`` (bool, ``(S,)``) only those runs are drawn and the others are left at zero.
     """
-    weight = torch.zeros(*run_shape(layer), layer.out_features, layer.in_features,
+    weight = torch.zeros(*run_shape(layer), *weight_shape(layer),
                          device=layer_parameter(layer).device)  # fmt: skip
     init = INIT_SCHEMES[getattr(layer, "init_scheme", "default")]
     wanted = [True] * len(run_generators(layer)) if runs is None else runs.tolist()
@@ -164,14 +181,15 @@ def sample_weight(layer: nn.Linear, runs: Tensor | None = None) -> Tensor:
     return weight
 
 
-def sample_bias(layer: nn.Linear) -> Tensor:
+def sample_bias(layer: nn.Linear | nn.Conv2d) -> Tensor:
     """A fresh bias as :func:`make_linear` gives a new layer: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     (PyTorch's ``nn.Linear`` init) for the ``default`` scheme, zero for every other scheme,
     clamped to >= 0 for a :class:`NonNegLinear`. ``(S, out)`` for a :class:`BatchedLinear`,
     each run drawn from its own generator (:func:`run_generators`)."""
-    bias = torch.zeros(*run_shape(layer), layer.out_features, device=layer_parameter(layer).device)
+    bias = torch.zeros(*run_shape(layer), weight_shape(layer)[0],
+                       device=layer_parameter(layer).device)  # fmt: skip
     if getattr(layer, "init_scheme", "default") == "default":
-        bound = 1.0 / math.sqrt(layer.in_features)
+        bound = 1.0 / math.sqrt(fans(layer)[0])
         for b, generator in zip(with_run_dim(bias, layer), run_generators(layer), strict=True):
             b.uniform_(-bound, bound, generator=generator)
     return bias.clamp_min(0.0) if isinstance(layer, NonNegLinear) else bias

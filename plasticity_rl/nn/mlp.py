@@ -209,7 +209,12 @@ class HiddenLayer:
     """One group of hidden units: h = activation(norm(incoming(x))), consumed by ``outgoing``.
 
     Unit j of the group is row j of ``incoming.weight`` (and ``incoming.bias[j]``, and entry j
-    of the LayerNorm's gain and bias, if any) and column j of ``outgoing.weight``. With a
+    of the norm's gain and bias, if any) and column j of ``outgoing.weight``. In a
+    convolutional layer (``incoming`` an ``nn.Conv2d``) a unit is an output channel: its
+    incoming kernel ``incoming.weight[j]``, its BatchNorm entries, and the kernels
+    ``outgoing.weight[:, j]`` that read it (a conv or a linear layer after global pooling);
+    methods and metrics see a channel's activation as its spatial mean
+    (:meth:`unit_activations`). With a
     concatenating activation (CReLU, deep Fourier features: ``features_per_unit`` k = 2) the
     activation output has k n features for n units: unit j makes features j, j + n, ...,
     read by those columns of ``outgoing.weight`` (:meth:`per_feature`), and a per-feature
@@ -217,16 +222,30 @@ class HiddenLayer:
     """
 
     name: str
-    incoming: nn.Linear
+    incoming: nn.Linear | nn.Conv2d
     activation: nn.Module
-    outgoing: nn.Linear
-    norm: nn.LayerNorm | None = None
-    """The pre-activation LayerNorm, if any."""
+    outgoing: nn.Linear | nn.Conv2d
+    norm: nn.LayerNorm | nn.BatchNorm2d | None = None
+    """The pre-activation LayerNorm (or BatchNorm of a conv layer), if any."""
 
     @property
     def width(self) -> int:
-        """n, the number of units (rows of ``incoming.weight``)."""
+        """n, the number of units (rows of ``incoming.weight``, channels of a conv layer)."""
+        if isinstance(self.incoming, nn.Conv2d):
+            return self.incoming.out_channels
         return self.incoming.out_features
+
+    @property
+    def convolutional(self) -> bool:
+        """Whether the units are the output channels of a conv layer."""
+        return isinstance(self.incoming, nn.Conv2d)
+
+    def unit_activations(self, h: Tensor) -> Tensor:
+        """The activation output as ``(..., examples, features)``: itself for a linear layer;
+        for a conv layer ``(N, C, H, W)`` each channel's mean over the H x W positions, ``(N, C)``
+        (the channel activation that Dohare et al. 2024's ``cbp_conv.py`` and Sokar et al.
+        2023's ReDo score)."""
+        return h.mean(dim=(-2, -1)) if self.convolutional else h
 
     @property
     def features_per_unit(self) -> int:
@@ -268,6 +287,11 @@ def hidden_layers(model: nn.Module | Sequence[nn.Module]) -> list[HiddenLayer]:
     first parameter-free module after the linear layer (later ones, such as dropout, are not
     it), and an ``nn.LayerNorm`` before it is the layer's ``norm``. A list of modules is
     read in the given order (e.g. ``[policy.mlp_extractor.policy_net, policy.action_net]``).
+
+    A network whose modules do not run in that order (a ResNet: skip connections, one module
+    reading two others) declares its hidden layers instead: a root with a
+    ``hidden_units()`` method returning ``(incoming, activation, outgoing, norm)`` tuples in
+    forward order contributes exactly those.
     """
     roots = list(model) if isinstance(model, Sequence) else [model]
     found: list[HiddenLayer] = []
@@ -275,6 +299,12 @@ def hidden_layers(model: nn.Module | Sequence[nn.Module]) -> list[HiddenLayer]:
     activation: nn.Module | None = None
     norm: nn.LayerNorm | None = None
     for root in roots:
+        declared = getattr(root, "hidden_units", None)
+        if callable(declared):
+            for units in declared():
+                found.append(HiddenLayer(f"hidden{len(found) + 1}", *units))
+            incoming, activation, norm = None, None, None
+            continue
         for leaf in _forward_order_leaves(root):
             if isinstance(leaf, nn.Linear):
                 if incoming is not None and activation is not None:

@@ -13,7 +13,7 @@ from typing import Any
 from plasticity_rl.nn import MLPConfig
 from plasticity_rl.registry import require
 
-NETWORK_KINDS = ("mlp", "cnn")
+NETWORK_KINDS = ("mlp", "cnn", "resnet18")
 
 
 @dataclass
@@ -28,10 +28,12 @@ class StreamConfig:
 
 @dataclass
 class NetworkConfig(MLPConfig):
-    """An MLP (the :class:`MLPConfig` fields) or a small CNN with an MLP head."""
+    """An MLP (the :class:`MLPConfig` fields), a small CNN with an MLP head, or ResNet-18."""
 
     kind: str = "mlp"
-    """``mlp`` or ``cnn`` (conv blocks of ``channels``, then the MLP head)."""
+    """``mlp``, ``cnn`` (conv blocks of ``channels``, then the MLP head) or ``resnet18``
+    (Dohare et al. 2024's CIFAR ResNet-18, :mod:`plasticity_rl.nn.resnet`; it has no MLP
+    options: they must keep their defaults)."""
     channels: list[int] = field(default_factory=lambda: [32, 64])
     """Conv channels of the CNN blocks (``kind: cnn`` only)."""
 

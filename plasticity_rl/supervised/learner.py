@@ -31,6 +31,7 @@ from plasticity_rl.nn import (
 )
 from plasticity_rl.nn.backprop import HandBackprop
 from plasticity_rl.nn.cnn import build_cnn
+from plasticity_rl.nn.resnet import build_resnet18
 from plasticity_rl.optim import make_optimizer
 from plasticity_rl.optim.runs import (
     make_run_optimizer,
@@ -79,8 +80,14 @@ def build_stream(cfg: SupervisedRunConfig, dataset: Any = None) -> Stream:
 def build_network(
     cfg: SupervisedRunConfig, input_shape: tuple[int, ...], out_dim: int
 ) -> nn.Module:
-    """An MLP (flattened inputs) or a CNN with an MLP head, from ``cfg.network``."""
+    """An MLP (flattened inputs), a CNN with an MLP head or ResNet-18, from ``cfg.network``."""
     mlp_kwargs = {k: v for k, v in asdict(cfg.network).items() if k not in ("kind", "channels")}
+    if cfg.network.kind == "resnet18":
+        defaults = asdict(SupervisedRunConfig().network)
+        changed = sorted(k for k, v in mlp_kwargs.items() if v != defaults[k])
+        require(not changed, "network", f"resnet18 with {', '.join(changed)}",
+                "resnet18 without MLP options (hidden_sizes, activation, init, ...)")  # fmt: skip
+        return build_resnet18(input_shape, out_dim)
     if cfg.network.kind == "cnn":
         return build_cnn(input_shape, out_dim, cfg.network.channels, **mlp_kwargs)
     mlp = build_mlp(math.prod(input_shape), out_dim=out_dim, **mlp_kwargs)
