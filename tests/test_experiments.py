@@ -8,6 +8,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -35,6 +36,7 @@ from plasticity_rl.experiments.spec import (
     write_agent_preset,
 )
 from plasticity_rl.registry import ConfigError
+from plasticity_rl.supervised.datasets import SOURCES, load_dataset
 from plasticity_rl.supervised.learner import build_learner
 from plasticity_rl.supervised.steps import class_mask
 from plasticity_rl.supervised.streams import make_stream
@@ -136,7 +138,8 @@ def test_unknown_experiment_lists_the_presets():
         load_experiment("dohare2024-rl-hoper")
 
 
-def build_components(cfg, script_name: str, datasets: dict, make_image_dataset) -> None:
+def build_components(cfg, script_name: str, datasets: dict, make_image_dataset,
+                     cfg_dir: Path) -> None:  # fmt: skip
     """Construct what the run would: stream (tiny synthetic data), network, optimiser and
     methods (on the meta device: names, keywords and shapes are checked, nothing allocated),
     or the RL env and PPO agent."""
@@ -150,8 +153,15 @@ def build_components(cfg, script_name: str, datasets: dict, make_image_dataset) 
             env.close()
         return
     name = cfg.stream.dataset
+    if name == "imagenet32_classes" and name not in datasets:  # two classes of 700 images
+        folder = cfg_dir / "classes"
+        folder.mkdir(parents=True)
+        for c in range(2):
+            np.save(folder / f"{c}.npy", np.zeros((700, 3, 32, 32), np.uint8))
+        datasets[name] = load_dataset(name, cfg_dir)
     if name is not None and name not in datasets:
-        datasets[name] = make_image_dataset(name, 200, 100)
+        # 51 training images per class: class-incremental CIFAR-100 holds 50 out for validation
+        datasets[name] = make_image_dataset(name, 51 * SOURCES[name].num_classes, 100)
     stream = make_stream(cfg.stream.stream, datasets.get(name), **cfg.stream.kwargs)
     with torch.device("meta"):
         build_learner(cfg, stream)
@@ -182,7 +192,7 @@ def test_every_preset_expands_to_valid_trials_at_both_scales(name, tmp_path, ima
             key = {k: v for k, v in asdict(cfg).items() if k not in ("seed", "total_steps")}
             if json.dumps(key, sort_keys=True, default=str) not in built:
                 built.add(json.dumps(key, sort_keys=True, default=str))
-                build_components(cfg, trial.script, datasets, image_dataset_factory)
+                build_components(cfg, trial.script, datasets, image_dataset_factory, tmp_path)
         if exp.evaluate:
             assert set(exp.evaluate) == {"magnitude_pruning"}
             assert all(0 <= f <= 1 for f in exp.evaluate["magnitude_pruning"]["fractions"])

@@ -66,3 +66,25 @@ def test_composes_with_unit_resets_and_l2_and_resumes():
 def test_bad_values_are_config_errors(key: str, value: object):
     with pytest.raises(ConfigError, match=f"reset_layers.{key}: got"):
         make_method("reset_layers", **{key: value})
+
+
+def test_at_task_starts_the_head_is_set_to_zero_and_momentum_kept():
+    # Dohare et al.'s Continual ImageNet: the output layer times 0 before every task
+    torch.manual_seed(0)
+    net = build_mlp(3, [4], 2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    reset = make_method("reset_layers", every_optimizer_steps=None, at_task_starts=True,
+                        values="zero", optimizer_state="keep")  # fmt: skip
+    reset.attach(net, optimizer)
+    assert reset.uses_task_boundaries
+    hidden = net.hidden[0].weight.detach().clone()
+    train_steps(net, optimizer, 3)  # no reset by steps
+    assert net.output.weight.abs().sum() > 0
+    momentum = optimizer.state[net.output.weight]["momentum_buffer"].clone()
+    reset.on_task_start(None, net)
+    assert torch.all(net.output.weight == 0) and torch.all(net.output.bias == 0)
+    assert torch.equal(optimizer.state[net.output.weight]["momentum_buffer"], momentum)
+    assert not torch.equal(net.hidden[0].weight, hidden)  # trained, not reset
+    assert reset.stats() == {"reset_layers/resets": 1.0}
+    with pytest.raises(ConfigError, match="reset_layers.values: got 'ones'"):
+        make_method("reset_layers", values="ones")

@@ -24,6 +24,7 @@ from plasticity_rl.supervised.streams import (
     make_stream_from_preset,
     pixel_permutation,
     rotate_images,
+    validation_split,
 )
 
 PRESETS = [
@@ -68,7 +69,8 @@ def dataset_for(name: str | None) -> ImageDataset | None:
         return None
     if name.startswith("cifar"):
         num_classes = int(name.removeprefix("cifar"))
-        return synthetic(name, num_classes, (3, 32, 32), num_train=3 * num_classes, num_test=100)
+        # 51 per class: class-incremental CIFAR-100 holds the first 50 out for validation
+        return synthetic(name, num_classes, (3, 32, 32), num_train=51 * num_classes, num_test=100)
     return synthetic(name)
 
 
@@ -384,3 +386,27 @@ def test_preset_settings_and_overrides():
     assert len(incremental.tasks) == 2
     with pytest.raises(ConfigError, match="stream preset hopper-friction"):
         load_stream_preset("hopper-friction")
+
+
+def test_validation_split_holds_out_the_first_images_of_each_class():
+    labels = torch.tensor([2, 0, 2, 1, 0, 2, 0, 1])
+    assert validation_split(labels, 2).tolist() == [True, True, True, True, True, False, False,
+                                                    True]  # fmt: skip
+    assert not validation_split(labels, 0).any()
+
+
+def test_class_incremental_tasks_hold_out_validation_and_augment():
+    data = synthetic("cifar100", 100, (3, 32, 32), num_train=600, num_test=200)
+    stream = make_stream("class_incremental", data, validation_per_class=2,
+                         augmentation="flip_crop_rotate")  # fmt: skip
+    task = stream.tasks[1]  # 10 classes, 6 training images each: 2 held out, 4 trained
+    assert len(task.val_y) == 20 and len(task.train_y) == 40
+    held_out = validation_split(data.train_y, 2)
+    seen = torch.isin(data.train_y, torch.tensor(task.classes))
+    assert torch.equal(task.val_y, data.train_y[seen & held_out])
+    assert torch.equal(task.train_y, data.train_y[seen & ~held_out])
+    assert task.augment is not None and stream.description["validation_per_class"] == 2
+    with pytest.raises(ConfigError, match="augmentation"):
+        make_stream("class_incremental", data, augmentation="mixup")
+    with pytest.raises(ConfigError, match=r"validation_per_class: got 6; .* smallest class \(6\)"):
+        make_stream("class_incremental", data, validation_per_class=6)

@@ -33,7 +33,12 @@ from plasticity_rl.supervised.learner import build_learner, build_stream
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from train_supervised import main  # noqa: E402
 
-SUPERVISED_AGENTS = [n for n in preset_names("agents") if "network" in load_preset("agents", n)]
+SUPERVISED_AGENTS = [n for n in preset_names("agents") if "network" in load_preset("agents", n)
+                     and load_preset("agents", n)["network"].get("kind") != "resnet18"
+                     and not n.startswith("imagenet-")]  # fmt: skip
+"""Learners for the MNIST-sized streams (ResNet-18's and Continual ImageNet's: their own tests)."""
+RESNET_AGENTS = [n for n in preset_names("agents") if "network" in load_preset("agents", n)
+                 and load_preset("agents", n)["network"].get("kind") == "resnet18"]  # fmt: skip
 QUIET = ["--no-progress", "--set", "train.probe_size=50", "--set", "train.log_every_steps=1"]
 
 
@@ -179,6 +184,7 @@ def test_class_incremental_cifar100_with_a_cnn_and_ewc(tmp_path, cifar100_dir):
     results = run(
         tmp_path, "c", "--env", "class-incremental-cifar100", "--agent", "relu-adam",
         "--data-dir", str(cifar100_dir), "--set", "network.kind=cnn",
+        "--set", "stream.kwargs.validation_per_class=1",
         "--set", "network.channels=[4]", "--set", "network.hidden_sizes=[16]",
         "--set", "method.ewc={samples: 20}", "--set", "train.eval_examples_per_task=10",
     )  # fmt: skip
@@ -577,3 +583,58 @@ def test_presets_read_numbers_by_yaml_1_2_and_refuse_bad_files(tmp_path):
                           ("list", r"got 'list'; allowed: a YAML mapping")]:  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             load_preset("agents", tmp_path / f"{name}.yaml")
+
+
+@pytest.fixture(scope="module")
+def cifar100_four_per_class(tmp_path_factory, image_dataset_factory) -> Path:
+    """CIFAR-100 files with 4 training and 2 test images per class."""
+    data = image_dataset_factory("cifar100", 400, 200, seed=5)
+    return write_dataset(data, tmp_path_factory.mktemp("cifar100-4"), compress=False)
+
+
+def one_increment(data_dir: Path, *overrides: str) -> list[str]:
+    """Class-incremental CIFAR-100 cut to its first increment (5 classes; 2 images of each
+    held out for validation, 2 trained on) with a short schedule."""
+    small = ["stream.kwargs.shuffle_classes_seed=null", "stream.kwargs.class_order=[3,1,4,5,9]",
+             "stream.kwargs.validation_per_class=2", "train.batch_size=2",
+             "train.epochs_per_task=3", "train.lr_drop_epochs=[1,2]", *overrides]  # fmt: skip
+    return ["--env", "class-incremental-cifar100", "--data-dir", str(data_dir), *sets(small)]
+
+
+@pytest.mark.parametrize("agent", RESNET_AGENTS)
+def test_resnet18_presets_train_an_increment_with_early_stopping(
+    agent, tmp_path, cifar100_four_per_class
+):
+    results = run(tmp_path, "r", *one_increment(cifar100_four_per_class), "--agent", agent)
+    validation, test = results["epoch_validation_accuracy"], results["epoch_test_accuracy"]
+    assert len(validation) == len(test) == 1 and len(test[0]) == 3
+    # early stopping: the task ends with the network of the first epoch of best validation
+    best = validation[0].index(max(validation[0]))
+    assert results["accuracy_matrix"] == [[test[0][best]]]
+    assert results["best_epoch_test_accuracy"] == [max(test[0])]
+    names = tags(tmp_path / "r")
+    assert {"cl/epoch/validation_accuracy", "plasticity/net/hidden17/srank99"} <= names
+    assert ("plasticity/net/hidden17/replacements" in names) == (agent == "resnet18-cbp")
+    state = torch.load(tmp_path / "r/checkpoints/latest.pt", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.1 * 0.2**2)
+
+
+def test_resnet18_cbp_interrupted_mid_epoch_resumes_exactly(tmp_path, cifar100_four_per_class,
+                                                           monkeypatch):  # fmt: skip
+    # CBP replacing often, 5 steps per epoch, chunks of 4 examples: stops in the second epoch
+    args = [*one_increment(cifar100_four_per_class,
+                           "method.continual_backprop.replacement_rate=0.05",
+                           "method.continual_backprop.maturity_threshold=1"),
+            "--agent", "resnet18-cbp"]  # fmt: skip
+    monkeypatch.setattr("plasticity_rl.supervised.steps.CHUNK_EXAMPLES", 4)
+    whole = run(tmp_path, "whole", *args)
+    with monkeypatch.context() as patch:
+        stop_at(patch, 7)
+        assert main([*args, "--logdir", str(tmp_path), "--name", "cut", *QUIET]) == 143
+    assert main(["--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+    resumed = json.loads((tmp_path / "cut" / "results.json").read_text())
+    for key in ("accuracy_matrix", "epoch_test_accuracy", "epoch_validation_accuracy", "steps"):
+        assert resumed[key] == whole[key], key
+    a = torch.load(tmp_path / "whole/checkpoints/latest.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -104,6 +104,10 @@ class Method:
         """
         return x, y
 
+    def on_task_start(self, task: Task, model: nn.Module) -> None:
+        """Called by the supervised trainer once before the first step on ``task`` (never by
+        PPO, nor for online streams)."""
+
     def on_task_end(self, task: Task, model: nn.Module) -> None:
         """Called by the supervised trainer once after the last step on ``task`` (never by PPO)."""
 
@@ -518,8 +522,8 @@ def reset_units(
             incoming.project_()
         if incoming.bias is not None:
             incoming.bias.masked_fill_(units, 0.0)
-        features = layer.per_feature(units)
-        set_weight(outgoing, features, torch.zeros_like(outgoing.weight), dim=1)
+        columns = layer.outgoing_columns(units)
+        set_weight(outgoing, columns, torch.zeros_like(outgoing.weight), dim=1)
         norm_parameters = [] if layer.norm is None else [
             (p, value) for p, value in ((layer.norm.weight, 1.0), (layer.norm.bias, 0.0))
             if p is not None]  # fmt: skip
@@ -533,25 +537,29 @@ def reset_units(
         reset_optimizer_state(optimizer, incoming.bias, units, 0, optimizer_state)
     for param, _ in norm_parameters:
         reset_optimizer_state(optimizer, param, units, 0, optimizer_state)
-    reset_optimizer_state(optimizer, layer_parameter(outgoing), features, 1, optimizer_state)
+    reset_optimizer_state(optimizer, layer_parameter(outgoing), columns, 1, optimizer_state)
 
 
 def reset_layer(
-    layer: nn.Linear, optimizer: torch.optim.Optimizer, optimizer_state: str = "zero_moments"
+    layer: nn.Linear,
+    optimizer: torch.optim.Optimizer,
+    optimizer_state: str = "zero_moments",
+    zero: bool = False,
 ) -> None:
     """Re-initialise all of ``layer``: weight drawn from its init distribution
     (:func:`~plasticity_rl.nn.layers.sample_weight`, each batched run from its own generator),
-    bias as a new layer's (:func:`~plasticity_rl.nn.layers.sample_bias`), and
-    ``optimizer_state`` (:data:`plasticity_rl.optim.state.OPTIMIZER_STATE_RESETS`) applied to
-    every row of both. The whole-layer counterpart of :func:`reset_units` (reset_layers,
-    Nikishin et al. 2022)."""
+    bias as a new layer's (:func:`~plasticity_rl.nn.layers.sample_bias`), or both zero
+    (``zero``), and ``optimizer_state`` (:data:`plasticity_rl.optim.state.OPTIMIZER_STATE_RESETS`)
+    applied to every row of both. The whole-layer counterpart of :func:`reset_units`
+    (reset_layers, Nikishin et al. 2022)."""
     every_row = torch.ones(*run_shape(layer), weight_shape(layer)[0], dtype=torch.bool)
     with torch.no_grad():
-        set_weight(layer, every_row, sample_weight(layer), dim=0)
+        weight = torch.zeros_like(layer.weight) if zero else sample_weight(layer)
+        set_weight(layer, every_row, weight, dim=0)
         if hasattr(layer, "project_"):
             layer.project_()
         if layer.bias is not None:
-            layer.bias.copy_(sample_bias(layer))
+            layer.bias.copy_(torch.zeros_like(layer.bias) if zero else sample_bias(layer))
     reset_optimizer_state(optimizer, layer_parameter(layer), every_row, 0, optimizer_state)
     if layer.bias is not None:
         reset_optimizer_state(optimizer, layer.bias, every_row, 0, optimizer_state)

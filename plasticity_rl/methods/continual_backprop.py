@@ -219,7 +219,7 @@ class ContinualBackprop(HiddenLayerMethod):
                 age=with_run_dim(stats.age, layer.incoming),
                 pending=with_run_dim(stats.pending_replacements, layer.incoming),
                 w_out=None if parametrize.is_parametrized(outgoing, "weight")
-                else with_run_dim(outgoing.weight.detach(), outgoing),
+                else layer.outgoing_kernels(with_run_dim(outgoing.weight.detach(), outgoing)),
                 w_in=None if parametrize.is_parametrized(incoming, "weight")
                 else with_run_dim(incoming.weight.detach(), incoming),
             )  # fmt: skip
@@ -242,7 +242,9 @@ class ContinualBackprop(HiddenLayerMethod):
         h = h.reshape(utility.shape[0], -1, layer.features)
         w_out = views.w_out
         if w_out is None:  # a parametrized weight is recomputed from its parameter
-            w_out = with_run_dim(layer.outgoing.weight.detach(), layer.outgoing)
+            w_out = layer.outgoing_kernels(
+                with_run_dim(layer.outgoing.weight.detach(), layer.outgoing)
+            )
         contribution = self._magnitude(w_out, unit_dim=2)  # per feature, (S, features)
         age += 1
         bias_correction = 1 - eta ** age.to(utility.dtype)

@@ -11,6 +11,12 @@ and the optimiser state of their weights and biases is reset as the unit resets 
 :func:`~plasticity_rl.methods.base.reset_layer`. In a batched network every run draws its own
 fresh weights from its own generator.
 
+With ``at_task_starts`` the layers are reset at the start of every task of a supervised
+stream instead (or as well): Dohare et al. 2024's Continual ImageNet sets the output layer to
+zero before every task (``new_heads``: ``values="zero"``, their SGD momentum kept:
+``optimizer_state="keep"``), their class-incremental CIFAR-100 ``head_resetting`` draws it
+afresh at every increment (``values="init"``).
+
 The authors' code (evgenii-nikishin/rl_with_resets, commit 502ec52) resets SPR's final layer
 every 20,000 agent steps on Atari 100k (``discrete_control/configs/SPR_with_resets.gin``, two
 updates per step there, at most 4 resets), re-initialising the Adam moments of the reset
@@ -24,7 +30,7 @@ the last layer every 20,000 optimiser steps, without a cap on their number) and
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -39,6 +45,13 @@ from plasticity_rl.methods.base import (
     reset_layer,
 )
 from plasticity_rl.optim.state import check_optimizer_state_mode
+from plasticity_rl.registry import require
+
+if TYPE_CHECKING:
+    from plasticity_rl.supervised.streams import Task
+
+RESET_VALUES = ("init", "zero")
+"""What a reset layer's weights and biases become."""
 
 
 @METHODS.register("reset_layers")
@@ -48,23 +61,33 @@ class ResetLayers(Method):
     Args:
         last_layers: how many linear layers, counted from each network's output, are reset
             (1: the output layer).
-        every_optimizer_steps: optimiser steps between two resets (the first after that many).
+        every_optimizer_steps: optimiser steps between two resets (the first after that many);
+            null: none by steps.
         optimizer_state: what happens to the reset parameters' optimiser state.
+        at_task_starts: also reset at the start of every task (supervised task streams).
+        values: ``init`` (a fresh draw from the layer's init) or ``zero``.
     """
 
     def __init__(
         self,
         last_layers: int = 1,
-        every_optimizer_steps: int = 20_000,
+        every_optimizer_steps: int | None = 20_000,
         optimizer_state: str = "zero_moments",
+        at_task_starts: bool = False,
+        values: str = "init",
     ):
         super().__init__()
         self.last_layers = check_count(last_layers, "reset_layers.last_layers", 1)
-        self.every_optimizer_steps = check_count(
+        self.every_optimizer_steps = None if every_optimizer_steps is None else check_count(
             every_optimizer_steps, "reset_layers.every_optimizer_steps", 1
-        )
+        )  # fmt: skip
         check_optimizer_state_mode(optimizer_state, "reset_layers.optimizer_state")
+        require(isinstance(at_task_starts, bool), "reset_layers.at_task_starts", at_task_starts,
+                "true or false")  # fmt: skip
+        require(values in RESET_VALUES, "reset_layers.values", values, RESET_VALUES)
         self.optimizer_state = optimizer_state
+        self.uses_task_boundaries = at_task_starts
+        self.values = values
         self.layers: list[nn.Linear] = []
         self.optimizer: torch.optim.Optimizer | None = None
         self.steps = 0
@@ -79,10 +102,18 @@ class ResetLayers(Method):
 
     def _after_step(self, *_: Any) -> None:
         self.steps += 1
-        if self.steps % self.every_optimizer_steps != 0:
-            return
+        every = self.every_optimizer_steps
+        if every is not None and self.steps % every == 0:
+            self._reset()
+
+    def on_task_start(self, task: Task, model: nn.Module) -> None:
+        if self.uses_task_boundaries:
+            self._reset()
+
+    def _reset(self) -> None:
         for layer in self.layers:
-            reset_layer(layer, self.optimizer, self.optimizer_state)  # type: ignore[arg-type]
+            reset_layer(layer, self.optimizer, self.optimizer_state,  # type: ignore[arg-type]
+                        zero=self.values == "zero")  # fmt: skip
         self._resets += 1
 
     def stats(self) -> dict[str, float]:

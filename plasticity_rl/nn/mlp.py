@@ -212,9 +212,10 @@ class HiddenLayer:
     of the norm's gain and bias, if any) and column j of ``outgoing.weight``. In a
     convolutional layer (``incoming`` an ``nn.Conv2d``) a unit is an output channel: its
     incoming kernel ``incoming.weight[j]``, its BatchNorm entries, and the kernels
-    ``outgoing.weight[:, j]`` that read it (a conv or a linear layer after global pooling);
-    methods and metrics see a channel's activation as its spatial mean
-    (:meth:`unit_activations`). With a
+    ``outgoing.weight[:, j]`` that read it: a conv, a linear layer after global pooling, or a
+    linear layer reading the flattened (pooled) map, whose columns ``j P ... (j + 1) P - 1``
+    are channel j's P positions (:attr:`positions_per_unit`); methods and metrics see a
+    channel's activation as its spatial mean (:meth:`unit_activations`). With a
     concatenating activation (CReLU, deep Fourier features: ``features_per_unit`` k = 2) the
     activation output has k n features for n units: unit j makes features j, j + n, ...,
     read by those columns of ``outgoing.weight`` (:meth:`per_feature`), and a per-feature
@@ -263,6 +264,29 @@ class HiddenLayer:
         k = self.features_per_unit
         return values if k == 1 else torch.cat([values] * k, dim=-1)
 
+    @property
+    def positions_per_unit(self) -> int:
+        """P, the outgoing linear layer's columns per feature: the positions of a conv
+        channel's flattened map (1 otherwise)."""
+        if self.convolutional and isinstance(self.outgoing, nn.Linear):
+            return self.outgoing.in_features // self.features
+        return 1
+
+    def outgoing_columns(self, units: Tensor) -> Tensor:
+        """A unit mask ``(..., n)`` as the mask of the outgoing weight's columns (dim 1) that
+        read those units: their features (:meth:`per_feature`), each repeated for its
+        positions (:attr:`positions_per_unit`)."""
+        features = self.per_feature(units)
+        p = self.positions_per_unit
+        return features if p == 1 else features.repeat_interleave(p, dim=-1)
+
+    def outgoing_kernels(self, weight: Tensor) -> Tensor:
+        """The outgoing weight (with a leading run dim) as ``(S, next units, features, ...)``:
+        itself, or for a linear layer reading a flattened conv map its columns grouped as
+        ``(features, P)`` (a view)."""
+        p = self.positions_per_unit
+        return weight if p == 1 else weight.unflatten(2, (self.features, p))
+
     def per_unit(self, values: Tensor) -> Tensor:
         """Per-feature values ``(..., k n)`` summed over each unit's features: ``(..., n)``."""
         k = self.features_per_unit
@@ -270,9 +294,11 @@ class HiddenLayer:
 
 
 def _forward_order_leaves(module: nn.Module) -> Iterator[nn.Module]:
-    """Leaf modules in registration order; a ``Linear`` counts as a leaf (parametrizations too)."""
+    """Leaf modules in registration order; a ``Linear`` (with its parametrizations) and a
+    module marked ``wraps_activation`` (e.g. :class:`~plasticity_rl.nn.cnn.FeatureMapActivation`)
+    count as leaves."""
     children = list(module.children())
-    if isinstance(module, nn.Linear) or not children:
+    if isinstance(module, nn.Linear) or getattr(module, "wraps_activation", False) or not children:
         yield module
         return
     for child in children:
@@ -282,10 +308,11 @@ def _forward_order_leaves(module: nn.Module) -> Iterator[nn.Module]:
 def hidden_layers(model: nn.Module | Sequence[nn.Module]) -> list[HiddenLayer]:
     """Every hidden layer of ``model`` as (incoming, activation, outgoing), in forward order.
 
-    Modules are read in registration order: each ``Linear`` followed by a parameter-free
-    activation module and then another ``Linear`` forms a hidden layer; the activation is the
-    first parameter-free module after the linear layer (later ones, such as dropout, are not
-    it), and an ``nn.LayerNorm`` before it is the layer's ``norm``. A list of modules is
+    Modules are read in registration order: each ``Linear`` or ``Conv2d`` followed by a
+    parameter-free activation module and then another ``Linear`` or ``Conv2d`` forms a hidden
+    layer; the activation is the first parameter-free module after the weight layer (later
+    ones, such as dropout or max-pooling, are not it), and an ``nn.LayerNorm`` or
+    ``nn.BatchNorm2d`` before it is the layer's ``norm``. A list of modules is
     read in the given order (e.g. ``[policy.mlp_extractor.policy_net, policy.action_net]``).
 
     A network whose modules do not run in that order (a ResNet: skip connections, one module
@@ -295,9 +322,9 @@ def hidden_layers(model: nn.Module | Sequence[nn.Module]) -> list[HiddenLayer]:
     """
     roots = list(model) if isinstance(model, Sequence) else [model]
     found: list[HiddenLayer] = []
-    incoming: nn.Linear | None = None
+    incoming: nn.Linear | nn.Conv2d | None = None
     activation: nn.Module | None = None
-    norm: nn.LayerNorm | None = None
+    norm: nn.LayerNorm | nn.BatchNorm2d | None = None
     for root in roots:
         declared = getattr(root, "hidden_units", None)
         if callable(declared):
@@ -306,7 +333,7 @@ def hidden_layers(model: nn.Module | Sequence[nn.Module]) -> list[HiddenLayer]:
             incoming, activation, norm = None, None, None
             continue
         for leaf in _forward_order_leaves(root):
-            if isinstance(leaf, nn.Linear):
+            if isinstance(leaf, nn.Linear | nn.Conv2d):
                 if incoming is not None and activation is not None:
                     name = f"hidden{len(found) + 1}"
                     found.append(HiddenLayer(name, incoming, activation, leaf, norm))
@@ -315,6 +342,6 @@ def hidden_layers(model: nn.Module | Sequence[nn.Module]) -> list[HiddenLayer]:
                 continue
             elif next(leaf.parameters(), None) is None:
                 activation = leaf
-            elif isinstance(leaf, nn.LayerNorm):
+            elif isinstance(leaf, nn.LayerNorm | nn.BatchNorm2d):
                 norm = leaf
     return found

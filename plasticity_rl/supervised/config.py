@@ -14,6 +14,7 @@ from plasticity_rl.nn import MLPConfig
 from plasticity_rl.registry import require
 
 NETWORK_KINDS = ("mlp", "cnn", "resnet18")
+EVALUATE_TASKS = ("all", "current")
 
 
 @dataclass
@@ -36,6 +37,10 @@ class NetworkConfig(MLPConfig):
     options: they must keep their defaults)."""
     channels: list[int] = field(default_factory=lambda: [32, 64])
     """Conv channels of the CNN blocks (``kind: cnn`` only)."""
+    kernel_sizes: list[int] | None = None
+    """Kernel size of each CNN block (null: 3 for every block; ``kind: cnn`` only)."""
+    conv_padding: str = "same"
+    """``same`` or ``valid`` padding of the CNN's convs (``kind: cnn`` only)."""
 
 
 @dataclass
@@ -63,6 +68,21 @@ class TrainConfig:
     chunk_examples`) after this many optimiser steps since the last checkpoint (0: only at
     task ends and regression bins, which always checkpoint). SIGINT, SIGTERM and SIGHUP
     checkpoint at the next chunk end."""
+    lr_drop_epochs: list[int] = field(default_factory=list)
+    """Epochs of each task (from 0) at whose start the learning rate is multiplied by
+    ``lr_drop_factor`` (:mod:`plasticity_rl.supervised.epochs`; Dohare et al.'s CIFAR-100:
+    [60, 120, 160]); restarts at every task."""
+    lr_drop_factor: float = 0.2
+    """The multiplier of each learning-rate drop."""
+    evaluate_tasks: str = "all"
+    """At each task's end, the test accuracy on ``all`` tasks (the accuracy matrix) or only the
+    ``current`` one (``task_accuracy``; for streams of thousands of tasks)."""
+    evaluate_every_epoch: bool = False
+    """Validation (if the stream holds some out) and test accuracy of the current task after
+    every epoch; results get each task's best (``best_epoch_test_accuracy``)."""
+    early_stopping: bool = False
+    """At each task's end, go back to the network of its epoch with the best validation
+    accuracy (needs validation data: ``class_incremental`` with ``validation_per_class``)."""
     hand_backprop: bool = True
     """Compute the gradients of a plain MLP without autograd (``plasticity_rl.nn.backprop``:
     autograd's own derivative kernels, fewer ops per step); other networks, and methods that
@@ -106,3 +126,17 @@ def validate(cfg: SupervisedRunConfig) -> None:
     require(t.checkpoint_every_steps >= 0, "train.checkpoint_every_steps",
             t.checkpoint_every_steps, "an integer >= 0")  # fmt: skip
     require(cfg.network.kind in NETWORK_KINDS, "network.kind", cfg.network.kind, NETWORK_KINDS)
+    require(t.evaluate_tasks in EVALUATE_TASKS, "train.evaluate_tasks", t.evaluate_tasks,
+            EVALUATE_TASKS)  # fmt: skip
+    drops = t.lr_drop_epochs
+    require(isinstance(drops, list) and all(isinstance(e, int) and e >= 1 for e in drops),
+            "train.lr_drop_epochs", drops, "a list of epochs >= 1")  # fmt: skip
+    require(0 < t.lr_drop_factor <= 1, "train.lr_drop_factor", t.lr_drop_factor,
+            "a number in (0, 1]")  # fmt: skip
+    has_validation = cfg.stream.kwargs.get("validation_per_class", 0) > 0
+    require(
+        not t.early_stopping or has_validation,
+        "train.early_stopping",
+        t.early_stopping,
+        "false for a stream without validation data (stream.kwargs.validation_per_class: 0)",
+    )

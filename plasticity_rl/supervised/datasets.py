@@ -220,7 +220,9 @@ def load_dataset(
     """Read a dataset's standard files into memory, downloading missing ones if allowed.
 
     Args:
-        name: one of :data:`SOURCES` (``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``).
+        name: one of :data:`SOURCES` (``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``),
+            or ``imagenet32_classes`` (Continual ImageNet's class files, read lazily:
+            :class:`~plasticity_rl.supervised.continual_imagenet.ImagenetClassFiles`).
         data_dir: directory holding the files directly or in ``data_dir/<name>/``; None means
             :func:`default_data_dir`.
         download: fetch missing files into ``data_dir/<name>/`` (MD5-checked).
@@ -231,9 +233,13 @@ def load_dataset(
         DatasetFormatError: a file is corrupt, or a download does not match its published MD5.
     """
     key = name.lower()
-    if key not in SOURCES:
-        raise ConfigError("dataset", name, sorted(SOURCES))
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    if key == "imagenet32_classes":  # read class by class, never downloaded
+        from plasticity_rl.supervised.continual_imagenet import ImagenetClassFiles
+
+        return ImagenetClassFiles(root)  # type: ignore[return-value]
+    if key not in SOURCES:
+        raise ConfigError("dataset", name, [*sorted(SOURCES), "imagenet32_classes"])
     finder = _Finder(key, SOURCES[key], (root, root / key), download)
     load = _load_cifar if SOURCES[key].cifar is not None else _load_idx
     return load(finder)

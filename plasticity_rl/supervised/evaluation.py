@@ -123,11 +123,21 @@ def log_method_stats(writers: Sequence[SummaryWriter], methods: dict[str, Method
 
 def task_end_evaluation(stream: TaskStream, model: nn.Module, methods: dict[str, Method],
                          t: int, test_sets: dict[int, tuple[Tensor, Tensor, Tensor | None]],
-                         writer: SummaryWriter, progress: dict[str, Any]) -> None:  # fmt: skip
-    """Task-end hooks of the methods, then the row of the accuracy matrix after task ``t``."""
+                         writer: SummaryWriter, progress: dict[str, Any],
+                         evaluate_tasks: str = "all") -> None:  # fmt: skip
+    """Task-end hooks of the methods, then the row of the accuracy matrix after task ``t``
+    (``evaluate_tasks="all"``), or only the accuracy on task ``t``'s test data, kept in
+    ``progress["task_accuracy"]`` and logged as ``cl/task_accuracy`` (``"current"``: streams
+    of thousands of tasks, Dohare et al.'s Continual ImageNet; no test set is cached)."""
     task = stream.tasks[t]
     for method in methods.values():
         method.on_task_end(task, model)
+    if evaluate_tasks == "current":
+        mask = class_mask(task, stream.num_classes)
+        value = task_accuracy(model, methods, t, task.test_x, task.test_y, mask)
+        progress.setdefault("task_accuracy", []).append(value)
+        writer.add_scalar("cl/task_accuracy", value, progress["step"])
+        return
     row = [task_accuracy(model, methods, j, *test_set(stream, j, test_sets))
            for j in range(len(stream.tasks))]  # fmt: skip
     progress["accuracy_matrix"].append(row)
@@ -166,6 +176,10 @@ def classification_results(stream: TaskStream, progress: dict[str, Any], tc: Any
     results: dict[str, Any] = {"task_end_steps": progress["task_end_steps"]}
     if stream.online:
         results["online_accuracy"] = progress["online_accuracy"]
+        return results
+    if "task_accuracy" in progress:
+        accuracies = progress["task_accuracy"]
+        results.update(task_accuracy=accuracies, average_accuracy=float(np.mean(accuracies)))
         return results
     matrix = torch.tensor(progress["accuracy_matrix"])
     results.update(

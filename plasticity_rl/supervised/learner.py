@@ -58,12 +58,16 @@ def run_stream_kwargs(cfg: SupervisedRunConfig) -> dict[str, Any]:
     A stream that takes a ``seed`` (slowly-changing regression, permuted and online permuted
     MNIST) gets ``stream.kwargs.seed + seed``, so each run of a seed sweep has its own data
     (regression target and sequence, permutations, example orders); seed 0 keeps the preset's
-    stream. Single and batched runs use this same mapping.
+    stream. Likewise a shuffled class order (``shuffle_classes_seed`` not null) is drawn with
+    ``shuffle_classes_seed + seed``: each run of class-incremental CIFAR-100 has its own class
+    order, as Dohare et al.'s runs do. Single and batched runs use this same mapping.
     """
     kwargs = dict(cfg.stream.kwargs)
-    parameter = inspect.signature(STREAMS.get(cfg.stream.stream)).parameters.get("seed")
-    if parameter is not None:
-        kwargs["seed"] = kwargs.get("seed", parameter.default) + cfg.seed
+    parameters = inspect.signature(STREAMS.get(cfg.stream.stream)).parameters
+    for key in ("seed", "shuffle_classes_seed"):
+        parameter = parameters.get(key)
+        if parameter is not None and kwargs.get(key, parameter.default) is not None:
+            kwargs[key] = kwargs.get(key, parameter.default) + cfg.seed
     return kwargs
 
 
@@ -81,7 +85,8 @@ def build_network(
     cfg: SupervisedRunConfig, input_shape: tuple[int, ...], out_dim: int
 ) -> nn.Module:
     """An MLP (flattened inputs), a CNN with an MLP head or ResNet-18, from ``cfg.network``."""
-    mlp_kwargs = {k: v for k, v in asdict(cfg.network).items() if k not in ("kind", "channels")}
+    conv_keys = ("kind", "channels", "kernel_sizes", "conv_padding")
+    mlp_kwargs = {k: v for k, v in asdict(cfg.network).items() if k not in conv_keys}
     if cfg.network.kind == "resnet18":
         defaults = asdict(SupervisedRunConfig().network)
         changed = sorted(k for k, v in mlp_kwargs.items() if v != defaults[k])
@@ -89,7 +94,9 @@ def build_network(
                 "resnet18 without MLP options (hidden_sizes, activation, init, ...)")  # fmt: skip
         return build_resnet18(input_shape, out_dim)
     if cfg.network.kind == "cnn":
-        return build_cnn(input_shape, out_dim, cfg.network.channels, **mlp_kwargs)
+        return build_cnn(input_shape, out_dim, cfg.network.channels,
+                         kernel_sizes=cfg.network.kernel_sizes,
+                         padding=cfg.network.conv_padding, **mlp_kwargs)  # fmt: skip
     mlp = build_mlp(math.prod(input_shape), out_dim=out_dim, **mlp_kwargs)
     return mlp if len(input_shape) == 1 else nn.Sequential(nn.Flatten(), mlp)
 
@@ -244,10 +251,13 @@ def build_batched_learner(cfg: SupervisedRunConfig, seeds: Sequence[int]) -> Lea
 
     Raises:
         ConfigError: a network or method that has no batched form (a CNN, SDM layers, Top-K's
-            GABA switch; EWC, MAS, SI and replay, which act at task boundaries), bad per-run
-            values.
+            GABA switch; EWC, MAS, SI and replay, which act at task boundaries), early
+            stopping, bad per-run values.
     """
     cfgs = run_configs(cfg, seeds)
+    require(not cfg.train.early_stopping, "train.early_stopping", True,
+            "false in batched runs (each run would go back to its own best network): run one "
+            "seed per process (--runs 1)")  # fmt: skip
     dataset = None
     if cfg.stream.dataset is not None:
         from plasticity_rl.supervised.datasets import load_dataset

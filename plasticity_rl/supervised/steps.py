@@ -41,6 +41,11 @@ def run_class_mask(tasks: Sequence[Task], num_classes: int, batched: bool) -> Te
     return torch.stack([zeros if m is None else m for m in masks]).unsqueeze(1)
 
 
+def class_mask_of_run(mask: Tensor | None, run: int, batched: bool) -> Tensor | None:
+    """Run ``run``'s class mask out of :func:`run_class_mask`'s (``(S, 1, classes)`` batched)."""
+    return mask[run, 0] if batched and mask is not None and mask.dim() == 3 else mask
+
+
 def task_order_generator(seed: int, task_index: int) -> torch.Generator:
     """The generator of a run's example orders (each epoch) and probe of task ``task_index``."""
     return torch.Generator().manual_seed(seed * 100_003 + task_index)

@@ -53,6 +53,7 @@ from torch import Tensor
 
 from plasticity_rl.config import load_preset
 from plasticity_rl.registry import ConfigError, Registry, require
+from plasticity_rl.supervised.augment import AUGMENTATIONS, Augmentation
 from plasticity_rl.supervised.regression import RegressionStream, SlowlyChangingRegression
 
 if TYPE_CHECKING:
@@ -84,6 +85,13 @@ class Task:
     active_classes: list[int]
     """Output units usable in this task: the classes seen so far for ``class_incremental``,
     every class of the stream otherwise. The trainer masks the other logits."""
+    val_x: Tensor | None = None
+    """float32 validation inputs held out of the training data (``validation_per_class``),
+    or None."""
+    val_y: Tensor | None = None
+    """int64 validation labels, or None."""
+    augment: Augmentation | None = None
+    """Applied to every training batch (:mod:`plasticity_rl.supervised.augment`), or None."""
 
 
 class LazyTasks(Sequence[Task]):
@@ -366,6 +374,16 @@ def _class_task(
     )
 
 
+def validation_split(labels: Tensor, per_class: int) -> Tensor:
+    """A bool mask over the training examples: the first ``per_class`` of each class, in the
+    dataset's order (Dohare et al. 2024's CIFAR-100 validation set: the first 50 images of
+    every class; their ``subsample_cifar_data_set``)."""
+    held_out = torch.zeros(len(labels), dtype=torch.bool)
+    for c in labels.unique().tolist():
+        held_out[(labels == c).nonzero().squeeze(1)[:per_class]] = True
+    return held_out
+
+
 # --------------------------------------------------------------------------- streams
 
 
@@ -436,6 +454,8 @@ def class_incremental_stream(
     shuffle_classes_seed: int | None = 0,
     flatten: bool | None = None,
     normalize: bool = False,
+    validation_per_class: int = 0,
+    augmentation: str | None = None,
 ) -> TaskStream:
     """Class-incremental learning (Dohare et al. 2024, CIFAR-100): classes arrive in steps.
 
@@ -451,8 +471,17 @@ def class_incremental_stream(
             null with no ``class_order`` keeps ``0, ..., C - 1``.
         flatten: see the module docstring (``None``: flatten single-channel images).
         normalize: per-channel standardisation with training-split statistics.
+        validation_per_class: hold out the first this many training images of every class as
+            the tasks' validation data (:func:`validation_split`; 0: none).
+        augmentation: a name of :data:`~plasticity_rl.supervised.augment.AUGMENTATIONS`
+            applied to every training batch, or null.
     """
     dataset = _require_dataset("class_incremental", dataset)
+    require(isinstance(validation_per_class, int) and validation_per_class >= 0,
+            "class_incremental.validation_per_class", validation_per_class,
+            "an integer >= 0")  # fmt: skip
+    augment = None if augmentation is None else AUGMENTATIONS.get(augmentation)
+    held_out = validation_split(dataset.train_y, validation_per_class)
     order = _class_order(
         "class_incremental",
         dataset.num_classes,
@@ -461,11 +490,23 @@ def class_incremental_stream(
         class_order,
         shuffle_classes_seed,
     )
+    if validation_per_class:
+        fewest = int(torch.bincount(dataset.train_y, minlength=dataset.num_classes)[order].min())
+        require(validation_per_class < fewest, "class_incremental.validation_per_class",
+                validation_per_class, f"fewer than the training images of the smallest class "
+                f"({fewest}), so that every class keeps some to train on")  # fmt: skip
     preprocess = ImagePreprocessor(dataset.train_x, normalize, flatten)
 
     def build(t: int) -> Task:
         seen = order[: (t + 1) * classes_per_step]
-        return _class_task(dataset, preprocess, f"first_{len(seen)}_classes", seen, seen)
+        task = _class_task(dataset, preprocess, f"first_{len(seen)}_classes", seen, seen)
+        if validation_per_class:
+            in_task = torch.isin(dataset.train_y, torch.tensor(seen, dtype=dataset.train_y.dtype))
+            train = ~held_out[in_task]  # over the task's examples, in dataset order
+            task.val_x, task.val_y = task.train_x[~train], task.train_y[~train]
+            task.train_x, task.train_y = task.train_x[train], task.train_y[train]
+        task.augment = augment
+        return task
 
     return TaskStream(
         name=f"class_incremental_{dataset.name}",
@@ -480,6 +521,8 @@ def class_incremental_stream(
             "shuffle_classes_seed": shuffle_classes_seed,
             "flatten": preprocess.flatten,
             "normalize": normalize,
+            "validation_per_class": validation_per_class,
+            "augmentation": augmentation,
         },
     )
 
@@ -759,3 +802,7 @@ def slowly_changing_regression_stream(
             **generator_kwargs,
         },
     )
+
+
+# registers the ``continual_imagenet`` stream (its module builds on the helpers above)
+from plasticity_rl.supervised import continual_imagenet  # noqa: E402, F401

@@ -49,6 +49,7 @@ from plasticity_rl.rundir import (
     write_status,
     write_text_atomic,
 )
+from plasticity_rl.supervised.augment import augment_batch
 from plasticity_rl.supervised.checkpoint import (
     CHECKPOINT,
     load_checkpoint,
@@ -61,6 +62,7 @@ from plasticity_rl.supervised.control import (
     recorded_config,
     write_results,
 )
+from plasticity_rl.supervised.epochs import EpochSchedule, epoch_results
 from plasticity_rl.supervised.evaluation import (
     classification_results,
     continual_eval,
@@ -128,6 +130,7 @@ def train_tasks(
     backprop = learner.backprop
     prefetch = backprop.prefetch if backprop is not None and batch_size == 1 else None
     churns = _churn_monitors(progresses)
+    schedule = EpochSchedule(learner, tc, progresses)
     for t in range(progress["task"], num_tasks):
         tasks = [s.tasks[t] for s in learner.streams]
         mask = run_class_mask(tasks, stream.num_classes, batched)
@@ -149,6 +152,9 @@ def train_tasks(
         bar = tqdm(total=tc.epochs_per_task * batches, desc=f"task {t + 1}/{num_tasks}",
                    initial=at["epoch"] * batches + at["example"] // batch_size,
                    disable=not show_progress, unit="step", leave=False)  # fmt: skip
+        if not stream.online and at["epoch"] == at["example"] == 0:
+            for method in methods.values():  # a single run: batched runs refuse task methods
+                method.on_task_start(tasks[0], model)
         if stream.online and at["epoch"] == at["example"] == 0:
             # Dohare et al.: before the task, on the examples it starts with
             norms = _gradient_norms(learner, progresses)
@@ -163,9 +169,13 @@ def train_tasks(
                       for g in order_gens]  # fmt: skip
             if epoch < at["epoch"]:
                 continue
+            schedule.start_epoch(epoch)
             done = at["example"] if epoch == at["epoch"] else 0
             for x, y in run_batches(tasks, orders, batch_size, batched, prefetch, done):
                 size = y.shape[-1] if batched else len(y)
+                if tasks[0].augment is not None:
+                    seeds = [cfg.seed for cfg in learner.cfgs]
+                    x = augment_batch(x, tasks, seeds, t, epoch, done // batch_size, batched)
                 for method in methods.values():
                     x, y = method.on_batch(x, y)
                 logits, losses = train_step(learner, x, y, "cross_entropy", mask)
@@ -194,6 +204,7 @@ def train_tasks(
                 done += size
                 if done == n:
                     end_epoch(model)  # e.g. Top-K's k annealing steps once per epoch
+                    schedule.end_epoch(tasks, t, mask, writers)
                 # a chunk end mid-task (the task's last chunk ends in the task-end checkpoint)
                 last_chunk = done == n and epoch == tc.epochs_per_task - 1
                 if (done % chunk == 0 or done == n) and not last_chunk and control.due():
@@ -206,6 +217,7 @@ def train_tasks(
                                          "loss_sum": ls, "loss_count": loss_count}  # fmt: skip
                     control.checkpoint()
         bar.close()
+        schedule.end_task()
         if stream.online:
             online = 100.0 * correct_online / max(seen_online, 1)
             for writer, p, value in zip(writers, progresses, _per_run(online), strict=True):
@@ -216,7 +228,7 @@ def train_tasks(
             if not stream.online:
                 run_net = learner.run_model(run)
                 task_end_evaluation(learner.streams[run], run_net, methods, t, test_sets[run],
-                                     writer, p)  # fmt: skip
+                                     writer, p, tc.evaluate_tasks)  # fmt: skip
                 probe_idx = torch.randperm(n, generator=order_gens[run])[: tc.probe_size]
                 record_plasticity(writer, run_net, tasks[run].train_x[probe_idx], p, t,
                                   "after_task", norms[run], churns[run])  # fmt: skip
@@ -228,7 +240,7 @@ def train_tasks(
         if tc.stop_after_tasks is not None and progress["task"] >= tc.stop_after_tasks:
             if progress["task"] < num_tasks:
                 return [{"stopped_after_tasks": p["task"]} for p in progresses]
-    return [classification_results(stream, p, tc) for p in progresses]
+    return [{**classification_results(stream, p, tc), **epoch_results(p)} for p in progresses]
 
 
 def train_regression(
