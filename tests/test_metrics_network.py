@@ -25,6 +25,7 @@ from plasticity_rl.metrics import (
     hidden_layer_health,
     layer_health,
     output_churn,
+    run_gradient_metrics,
     run_gradient_norms,
     saturated_fraction,
     srank,
@@ -262,6 +263,22 @@ def test_gradient_norm_reads_the_existing_gradients():
     net[0].bias.grad = torch.tensor([4.0])
     assert gradient_norm(net) == pytest.approx(5.0)  # sqrt(9 + 16)
     assert run_gradient_norms(net) == pytest.approx([5.0])
+
+
+def test_gradient_metrics_add_grama_dormancy_per_layer_and_run():
+    net = build_mlp(2, [2], 1)
+    assert run_gradient_metrics(net) is None
+    net.hidden[0].weight.grad = torch.tensor([[1.0, -1.0], [0.0, 0.0]])
+    net.output.weight.grad = torch.tensor([[2.0, 0.0]])
+    # unit scores: mean |g| of each row over the layer's mean, [1, 0] / 0.5 = [2, 0]
+    metrics = run_gradient_metrics(net, tau=0.1)
+    assert metrics == [{"gradient_norm": pytest.approx(math.sqrt(6.0)),
+                        "hidden1/grama_dormant_ratio": 0.5}]  # fmt: skip
+    generators = [torch.Generator().manual_seed(s) for s in range(2)]
+    runs = build_runs(lambda: build_mlp(2, [2], 1), generators)
+    runs.hidden[0].weight.grad = torch.tensor([[[1.0, 1.0], [0.0, 0.0]], [[1.0, 1.0], [1.0, 3.0]]])
+    per_run = run_gradient_metrics(runs, tau=0.6)  # run 1: scores [2/3, 4/3]: none dormant
+    assert [m["hidden1/grama_dormant_ratio"] for m in per_run] == [0.5, 0.0]
 
 
 def test_run_gradient_norms_split_a_batched_network_by_run():

@@ -64,12 +64,13 @@ def test_each_agent_preset_trains_and_writes_the_expected_tags(agent, tmp_path):
         for layer in ("hidden1", "hidden2"):
             for metric in ("dead_fraction", "dormant_ratio", "effective_rank", "srank99",
                            "stable_rank", "activation_sparsity", "feature_norm",
-                           "duplicate_fraction"):  # fmt: skip
+                           "duplicate_fraction", "grama_dormant_ratio"):  # fmt: skip
                 expected.add(f"plasticity/{net}/{layer}/{metric}")
     assert expected <= set(tags), sorted(expected - set(tags))
     assert [step for step, _ in tags["plasticity/pi/hidden1/srank99"]] == [256, 512]
     # no update before the first log: gradients and a previous output come with the second
     assert [step for step, _ in tags["plasticity/pi/gradient_norm"]] == [512]
+    assert [step for step, _ in tags["plasticity/vf/hidden2/grama_dormant_ratio"]] == [512]
     assert [step for step, _ in tags["plasticity/vf/output_churn"]] == [512]
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints/latest.pt").is_file()
     assert '"complete"' in (run_dir / "status.json").read_text()

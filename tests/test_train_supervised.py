@@ -84,6 +84,7 @@ def test_gradient_norm_is_logged_where_the_steps_leave_gradients(tmp_path):
         run(tmp_path, name, *regression, "--agent", "regression-bp", *sets(overrides))
         names = tags(tmp_path / name)
         assert ("plasticity/net/gradient_norm" in names) == logged
+        assert ("plasticity/net/hidden1/grama_dormant_ratio" in names) == logged
         assert ("plasticity/net/hidden1/saturated_fraction" in names) == (name == "tanh")
 
 

@@ -10,7 +10,10 @@ TensorBoard tags (all against env steps, SB3's ``num_timesteps``):
 - ``plasticity/<net>/weight_magnitude`` (mean |w|) and ``plasticity/<net>/max_weight_change``
   (the largest sum |delta w| of one optimiser step since the previous log);
 - ``plasticity/<net>/gradient_norm``: the global L2 norm of the gradients of the last
-  minibatch (after SB3's clipping; absent before the first update);
+  minibatch (after SB3's clipping; absent before the first update), and
+  ``plasticity/<net>/<layer>/grama_dormant_ratio``: the fraction of the layer's units whose
+  incoming-weight gradient magnitude, relative to the layer's mean, is at most ``dormant_tau``
+  (GraMa, Liu et al. 2025; the same minibatch);
 - ``plasticity/<net>/output_churn``: mean |change| of the network's outputs since the previous
   log on a fixed reference batch (the first log's probe, kept in the checkpoint; absent at the
   first log);
@@ -37,8 +40,8 @@ from plasticity_rl.methods import Method
 from plasticity_rl.metrics import (
     OutputChurn,
     WeightChangeMonitor,
-    gradient_norm,
     hidden_layer_health,
+    run_gradient_metrics,
     weight_magnitude,
 )
 from plasticity_rl.nn import MLP
@@ -62,7 +65,7 @@ class PlasticityCallback(BaseCallback):
             checkpoints there and stops (:class:`plasticity_rl.rundir.StopSignals`).
         on_checkpoint: called with the env steps after each checkpoint (``status.json``).
         churn: each network's output-churn state (restored on resume; checkpointed).
-        gradient_norms: each network's gradient norm at the checkpoint resumed from, logged
+        gradient_metrics: each network's gradient metrics at the checkpoint resumed from, logged
             while the resumed run has no ``.grad`` yet (before its first update), as the
             uninterrupted run logs it then.
 
@@ -83,7 +86,7 @@ class PlasticityCallback(BaseCallback):
         stop: StopSignals | None = None,
         on_checkpoint: Callable[[int], None] | None = None,
         churn: dict[str, dict[str, Any]] | None = None,
-        gradient_norms: dict[str, float | None] | None = None,
+        gradient_metrics: dict[str, dict[str, float] | None] | None = None,
     ):
         super().__init__()
         self.networks, self.methods, self.cfg = networks, methods, logging
@@ -102,7 +105,7 @@ class PlasticityCallback(BaseCallback):
         self._monitor = WeightChangeMonitor()
         churn = churn or {}
         self._churn = {name: OutputChurn(churn.get(name)) for name in networks}
-        self._gradient_norms_at_checkpoint = gradient_norms or {}
+        self._gradient_metrics_at_checkpoint = gradient_metrics or {}
         self._handles: list[Any] = []
         self._env_values: dict[int, dict[str, float]] = {}
 
@@ -155,8 +158,9 @@ class PlasticityCallback(BaseCallback):
         without a checkpoint path)."""
         if self.checkpoint_path is not None and self.num_timesteps > self._start_steps:
             churn = {name: monitor.state for name, monitor in self._churn.items()}
-            norms = {name: self._gradient_norm(name) for name in self.networks}
-            extra = {"schedule": dict(self.schedule), "churn": churn, "gradient_norms": norms}
+            gradients = {name: self._gradient_metrics(name) for name in self.networks}
+            extra = {"schedule": dict(self.schedule), "churn": churn,
+                     "gradient_metrics": gradients}  # fmt: skip
             save_checkpoint(self.checkpoint_path, self.model, self.methods, extra)
             self.checkpoint_steps = self.num_timesteps
             if self.on_checkpoint is not None:
@@ -189,7 +193,7 @@ class PlasticityCallback(BaseCallback):
             for key, value in hidden_layer_health(net, probe, self.cfg.dormant_tau).items():
                 record(f"plasticity/{net_name}/{key}", value)
             record(f"plasticity/{net_name}/weight_magnitude", weight_magnitude(net))
-            optional = {"gradient_norm": self._gradient_norm(net_name),
+            optional = {**(self._gradient_metrics(net_name) or {}),
                         "output_churn": self._churn[net_name].measure(net, probe)}  # fmt: skip
             for key, value in optional.items():
                 if value is not None:
@@ -197,9 +201,14 @@ class PlasticityCallback(BaseCallback):
         for net_name, change in self._monitor.pop_max().items():
             record(f"plasticity/{net_name}/max_weight_change", change)
 
-    def _gradient_norm(self, net_name: str) -> float | None:
-        norm = gradient_norm(self.networks[net_name])
-        return self._gradient_norms_at_checkpoint.get(net_name) if norm is None else norm
+    def _gradient_metrics(self, net_name: str) -> dict[str, float] | None:
+        """The network's gradient metrics (:func:`~plasticity_rl.metrics.run_gradient_metrics`,
+        GraMa at ``dormant_tau``); before the first update of a resumed run, which has no
+        ``.grad`` yet, those its checkpoint recorded."""
+        metrics = run_gradient_metrics(self.networks[net_name], self.cfg.dormant_tau)
+        if metrics is None:
+            return self._gradient_metrics_at_checkpoint.get(net_name)
+        return metrics[0]
 
     def _log_method_counters(self) -> None:
         for method in self.methods.values():

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from plasticity_rl.nn.layers import BatchedLayerNorm, BatchedLinear
+from plasticity_rl.nn.layers import BatchedLayerNorm, BatchedLinear, layer_parameter
 from plasticity_rl.nn.mlp import HiddenLayer, hidden_layers
 from plasticity_rl.registry import require
 
@@ -362,6 +362,33 @@ def run_gradient_norms(model: nn.Module) -> list[float] | None:
         norm = gradient_norm(model)
         return None if norm is None else [norm]
     return (torch.stack(per_run).sum(0) + shared).sqrt().tolist()
+
+
+def run_gradient_metrics(model: nn.Module, tau: float = 0.1) -> list[dict[str, float]] | None:
+    """Each run's metrics of the current gradients (a list of one dict for a plain network):
+
+    - ``gradient_norm``: :func:`run_gradient_norms`;
+    - ``<layer>/grama_dormant_ratio`` for every hidden layer whose incoming weight has a
+      gradient: the fraction of units with GraMa score s_j <= ``tau`` (:func:`grama_scores`,
+      Liu et al. 2025: gradient-magnitude dormancy, which also counts units that still fire
+      but no longer learn; a conv layer's unit is a channel, scored over its kernel).
+
+    Reads the ``.grad`` the last backward left; None when there is none (see
+    :func:`gradient_norm`).
+    """
+    norms = run_gradient_norms(model)
+    if norms is None:
+        return None
+    per_run: list[dict[str, float]] = [{"gradient_norm": norm} for norm in norms]
+    for layer in hidden_layers(model):
+        grad = layer_parameter(layer.incoming).grad
+        if grad is None:
+            continue
+        scores = grama_scores(grad.flatten(1) if layer.convolutional else grad)
+        fractions = (scores <= tau).double().mean(-1).reshape(-1).tolist()
+        for metrics, fraction in zip(per_run, fractions, strict=True):
+            metrics[f"{layer.name}/grama_dormant_ratio"] = fraction
+    return per_run
 
 
 def output_churn(before: Tensor, after: Tensor) -> float:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from plasticity_rl.methods import Method
-from plasticity_rl.metrics import run_gradient_norms
+from plasticity_rl.metrics import run_gradient_metrics
 from plasticity_rl.nn import (
     run_state_dict,
     stack_run_state_dicts,
@@ -138,11 +138,11 @@ def load_run_checkpoints(learner: Learner, paths: Sequence[Path]) -> list[dict[s
 def save_all(learner: Learner, run_dirs: Sequence[Path], progresses: list[dict]) -> None:
     """Each run's checkpoint in its run directory (:func:`plasticity_rl.rundir.save_checkpoint`).
 
-    The progress saved carries the run's gradient norm at this point
-    (``gradient_norm_at_checkpoint``): a resumed run has no ``.grad`` until its first step, and
-    a metric recorded before that step reports this value, as the uninterrupted run does.
+    The progress saved carries the run's gradient metrics at this point
+    (``gradient_metrics_at_checkpoint``): a resumed run has no ``.grad`` until its first step,
+    and a metric recorded before that step reports these values, as the uninterrupted run does.
     """
-    norms = run_gradient_norms(learner.model) or [None] * learner.runs
+    gradients = run_gradient_metrics(learner.model) or [None] * learner.runs
     for run, (run_dir, progress) in enumerate(zip(run_dirs, progresses, strict=True)):
-        saved = {**progress, "gradient_norm_at_checkpoint": norms[run]}
+        saved = {**progress, "gradient_metrics_at_checkpoint": gradients[run]}
         save_verified(run_dir / CHECKPOINT, run_checkpoint(learner, run, saved))

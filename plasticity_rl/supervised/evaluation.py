@@ -60,18 +60,19 @@ def task_accuracy(model: nn.Module, methods: dict[str, Method], task: int, x: Te
 
 
 def log_plasticity(writer: SummaryWriter, model: nn.Module, probe: Tensor, step: int,
-                   gradient_norm: float | None = None,
+                   gradient_metrics: dict[str, float] | None = None,
                    churn: OutputChurn | None = None) -> dict:  # fmt: skip
     """``plasticity/net/<layer>/<metric>`` (:func:`~plasticity_rl.metrics.hidden_layer_health`),
-    ``plasticity/net/weight_magnitude``, and, when known, ``plasticity/net/gradient_norm``
-    (``gradient_norm``: of the last step's gradients, measured by the caller, which holds the
-    gradients) and ``plasticity/net/output_churn`` (``churn``'s measurement: the change since
-    its previous one on its fixed reference batch) at ``step``."""
+    ``plasticity/net/weight_magnitude``, and, when known, the ``gradient_metrics`` (gradient
+    norm and GraMa dormancy of the last step's gradients, measured by the caller, which holds
+    the gradients: :func:`~plasticity_rl.metrics.run_gradient_metrics`) and
+    ``plasticity/net/output_churn`` (``churn``'s measurement: the change since its previous
+    one on its fixed reference batch) at ``step``."""
     values: dict[str, float] = {"weight_magnitude": weight_magnitude(model)}
     values.update(hidden_layer_health(model, probe))
-    optional = {"gradient_norm": gradient_norm,
-                "output_churn": None if churn is None else churn.measure(model, probe)}  # fmt: skip
-    values.update({key: value for key, value in optional.items() if value is not None})
+    values.update(gradient_metrics or {})
+    if churn is not None and (change := churn.measure(model, probe)) is not None:
+        values["output_churn"] = change
     for key, value in values.items():
         writer.add_scalar(f"plasticity/net/{key}", value, step)
     return values
@@ -88,10 +89,10 @@ MNIST code), the other task streams after each task on the task just learned."""
 
 def record_plasticity(writer: SummaryWriter, model: nn.Module, probe: Tensor,
                       progress: dict[str, Any], task: int, timing: str,
-                      gradient_norm: float | None = None,
+                      gradient_metrics: dict[str, float] | None = None,
                       churn: OutputChurn | None = None) -> None:  # fmt: skip
     """Log the plasticity metrics on ``probe`` at the run's current step and keep them
-    (:func:`log_plasticity`, with ``gradient_norm`` and ``churn``).
+    (:func:`log_plasticity`, with ``gradient_metrics`` and ``churn``).
 
     Appends ``{"task", "timing", "probe", "step", "metrics"}`` to ``progress["plasticity"]``
     (``timing`` a key of :data:`PROBE_TIMINGS`, ``probe`` its sentence) and logs
@@ -99,7 +100,7 @@ def record_plasticity(writer: SummaryWriter, model: nn.Module, probe: Tensor,
     TensorBoard say which task the probe came from.
     """
     step = progress["step"]
-    metrics = log_plasticity(writer, model, probe, step, gradient_norm, churn)
+    metrics = log_plasticity(writer, model, probe, step, gradient_metrics, churn)
     writer.add_scalar("plasticity/net/probe_task", task, step)
     progress["plasticity"].append(
         {

@@ -38,7 +38,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from plasticity_rl.methods import Method
-from plasticity_rl.metrics import OutputChurn, run_gradient_norms
+from plasticity_rl.metrics import OutputChurn, run_gradient_metrics
 from plasticity_rl.nn.sparse import end_epoch
 from plasticity_rl.registry import require
 from plasticity_rl.rundir import (
@@ -92,14 +92,15 @@ def _per_run(values: Tensor) -> list[float]:
     return values.reshape(-1).tolist()
 
 
-def _gradient_norms(learner: Learner, progresses: list[dict[str, Any]]) -> list[float | None]:
-    """Each run's gradient norm now (:func:`~plasticity_rl.metrics.run_gradient_norms`; None
-    where the steps left no gradients). Before the first step of a resumed run, which has no
-    ``.grad`` yet, the norm its checkpoint recorded (``save_all``)."""
-    norms = run_gradient_norms(learner.model)
-    if norms is None:
-        return [p.get("gradient_norm_at_checkpoint") for p in progresses]
-    return list(norms)
+def _gradient_metrics(learner: Learner, progresses: list[dict[str, Any]]) -> list[dict | None]:
+    """Each run's gradient metrics now (:func:`~plasticity_rl.metrics.run_gradient_metrics`:
+    gradient norm and GraMa dormancy; None where the steps left no gradients). Before the first
+    step of a resumed run, which has no ``.grad`` yet, those its checkpoint recorded
+    (``save_all``)."""
+    metrics = run_gradient_metrics(learner.model)
+    if metrics is None:
+        return [p.get("gradient_metrics_at_checkpoint") for p in progresses]
+    return metrics
 
 
 def _churn_monitors(progresses: list[dict[str, Any]]) -> list[OutputChurn]:
@@ -157,11 +158,11 @@ def train_tasks(
                 method.on_task_start(tasks[0], model)
         if stream.online and at["epoch"] == at["example"] == 0:
             # Dohare et al.: before the task, on the examples it starts with
-            norms = _gradient_norms(learner, progresses)
+            gradients = _gradient_metrics(learner, progresses)
             for run, (writer, p) in enumerate(zip(writers, progresses, strict=True)):
                 probe = tasks[run].train_x[: tc.probe_size]
                 record_plasticity(writer, learner.run_model(run), probe, p, t, "before_task",
-                                  norms[run], churns[run])  # fmt: skip
+                                  gradients[run], churns[run])  # fmt: skip
         model.train()
         for epoch in range(tc.epochs_per_task):
             # drawn for the epochs a continued run skips too, so later epochs match
@@ -223,7 +224,7 @@ def train_tasks(
             for writer, p, value in zip(writers, progresses, _per_run(online), strict=True):
                 p["online_accuracy"].append(value)
                 writer.add_scalar("cl/online_accuracy", value, p["step"])
-        norms = _gradient_norms(learner, progresses)
+        gradients = _gradient_metrics(learner, progresses)
         for run, (writer, p) in enumerate(zip(writers, progresses, strict=True)):
             if not stream.online:
                 run_net = learner.run_model(run)
@@ -231,7 +232,7 @@ def train_tasks(
                                      writer, p, tc.evaluate_tasks)  # fmt: skip
                 probe_idx = torch.randperm(n, generator=order_gens[run])[: tc.probe_size]
                 record_plasticity(writer, run_net, tasks[run].train_x[probe_idx], p, t,
-                                  "after_task", norms[run], churns[run])  # fmt: skip
+                                  "after_task", gradients[run], churns[run])  # fmt: skip
             p["task_end_steps"].append(p["step"])
             p["task"] = t + 1
             p.pop("position", None)
@@ -271,7 +272,7 @@ def train_regression(
         steps = zip(xs.unsqueeze(-2).unbind(0), ys.unsqueeze(-2).unbind(0), strict=True)
         errors = torch.stack([train_step(learner, x, y, "mse")[1].detach() for x, y in steps])
         log_method_stats(writers, learner.methods, progress["step"] + count)
-        norms = _gradient_norms(learner, progresses)
+        gradients = _gradient_metrics(learner, progresses)
         bad = ~torch.isfinite(errors.reshape(count, -1))  # every step checked, once per bin
         for run, p in enumerate(progresses):
             if p["diverged_at_step"] is None and bool(bad[:, run].any()):
@@ -283,7 +284,7 @@ def train_regression(
             p["bin_errors"].append(error)
             writer.add_scalar("cl/squared_error", error, p["step"])
             probe = samples[run][0][: learner.cfgs[run].train.probe_size]
-            log_plasticity(writer, learner.run_model(run), probe, p["step"], norms[run],
+            log_plasticity(writer, learner.run_model(run), probe, p["step"], gradients[run],
                            churns[run])  # fmt: skip
             p["generator"] = streams[run].generator.state_dict()
         bar.update(count)
