@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from plasticity_rl.config import load_preset, load_yaml, resolve
+from plasticity_rl.device import DEVICE_CHOICES
 from plasticity_rl.registry import ConfigError
 from plasticity_rl.rundir import STATUS, DiskFull, Diverged, Interrupted
 
@@ -52,8 +53,15 @@ def common_parser(
                             help="continue this run, or these batched runs together")  # fmt: skip
     else:
         parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue this run")
+    parser.add_argument("--device", help=f"where the networks train: {DEVICE_CHOICES} "
+                        "(default: the config's, cpu; a resumed run may move)")  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
+
+
+def device_override(args: argparse.Namespace) -> list[str]:
+    """``--device X`` as the override ``device=X`` (none without the flag)."""
+    return [] if args.device is None else [f"device={args.device}"]
 
 
 def check_required(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

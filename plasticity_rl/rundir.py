@@ -114,7 +114,7 @@ def _read_verified(path: Path) -> dict[str, Any]:
         if expected != [_sha256(path)]:
             raise ValueError("its sha256 differs from the one recorded when it was written")
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # truncated, random bytes, a pickle with code, ...
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"not a readable checkpoint ({first[:120]})") from None

@@ -7,7 +7,8 @@ Example:
 Presets are names of files in ``envs/`` and ``agents/`` (or paths to YAML files); ``--set``
 overrides any field of the resolved config (``plasticity_rl.agents.config.RLRunConfig``).
 ``--resume RUN_DIR`` continues an interrupted run from its latest checkpoint, as its
-``config.yaml`` defines it (only ``--total-steps`` / ``--set total_steps=...`` may change).
+``config.yaml`` defines it (only ``--total-steps`` / ``--set total_steps=...`` and
+``--device`` may change).
 ``status.json`` follows the run (running, complete, interrupted, diverged, failed);
 SIGINT/SIGTERM/SIGHUP checkpoint at the next rollout start.
 Exit status: 0 on success, 2 on a configuration error (nothing is written then), 3 when the
@@ -25,6 +26,7 @@ from plasticity_rl.cli import (
     check_logdir,
     check_required,
     common_parser,
+    device_override,
     print_header,
     report_stop,
     resolve_run_config,
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("--total-steps", steps, allowed)
             overrides.append(f"total_steps={int(steps)}")
         check_logdir(args.logdir)
-        cfg = resolve_run_config(RLRunConfig, args, "env", overrides, ("total_steps",))
+        overrides += device_override(args)
+        cfg = resolve_run_config(RLRunConfig, args, "env", overrides, ("total_steps", "device"))
         validate(cfg)
         env = make_env(cfg)
         model, methods = build_agent(cfg, env)

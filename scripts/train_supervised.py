@@ -37,6 +37,7 @@ from plasticity_rl.cli import (
     check_logdir,
     check_required,
     common_parser,
+    device_override,
     print_header,
     report_stop,
     resolve_run_config,
@@ -77,8 +78,8 @@ def run_seeds(args: argparse.Namespace) -> list[int]:
     return [first + i for i in range(runs)]
 
 
-RESUME_KEYS = ("data_dir", "train.stop_after_tasks")
-"""What ``--set`` may change on ``--resume``: where the data is, where to pause."""
+RESUME_KEYS = ("data_dir", "train.stop_after_tasks", "device")
+"""What ``--set`` may change on ``--resume``: where the data is, where to pause, the device."""
 STOPPED = (Interrupted, Diverged, DiskFull, ConfigError)
 
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", help="train these comma-separated seeds batched, e.g. 0,1,2")
     args = parser.parse_args(argv)
     check_required(parser, args)
-    overrides = list(args.overrides)
+    overrides = [*args.overrides, *device_override(args)]
     if args.data_dir is not None:
         overrides.append(f"data_dir={args.data_dir}")
     resume_dirs: list[Path] = args.resume or []

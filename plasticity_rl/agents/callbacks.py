@@ -184,7 +184,8 @@ class PlasticityCallback(BaseCallback):
         flat = obs.reshape(-1, *self.model.observation_space.shape)
         rows = np.linspace(0, len(flat) - 1, min(self.cfg.probe_size, len(flat))).astype(int)
         with torch.no_grad():
-            return self.model.policy.extract_features(torch.as_tensor(flat[rows]))
+            probe = torch.as_tensor(flat[rows], device=self.model.device)
+            return self.model.policy.extract_features(probe)
 
     def _log_network_health(self) -> None:
         probe = self._probe()

@@ -21,6 +21,7 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecNormalize
 
+from plasticity_rl.device import cuda_rng_state, set_cuda_rng_state, to_device
 from plasticity_rl.methods import Method
 from plasticity_rl.registry import ConfigError
 from plasticity_rl.rundir import check_state_dict
@@ -30,21 +31,23 @@ from plasticity_rl.rundir import save_checkpoint as save_verified
 FORMAT_VERSION = 1
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_state(device: torch.device) -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "python": random.getstate(),
         "numpy": [name, torch.from_numpy(keys.copy()), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
+        "cuda": cuda_rng_state(device),
     }
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
+    set_cuda_rng_state(state.get("cuda"), device)
 
 
 def _normalizer_state(env: Any) -> dict[str, Any] | None:
@@ -125,7 +128,7 @@ def save_checkpoint(
         else torch.from_numpy(np.asarray(model._last_original_obs).copy()),
         "last_episode_starts": torch.from_numpy(np.asarray(model._last_episode_starts).copy()),
         "ep_info_buffer": [dict(info) for info in model.ep_info_buffer or []],
-        "rng": _rng_state(),
+        "rng": _rng_state(model.device),
         "extra": extra,
     }
     save_verified(path, state)
@@ -146,7 +149,7 @@ def load_checkpoint(path: Path, model: PPO, methods: dict[str, Method]) -> dict[
     # Methods first: one that grows the network (plasticity injection) rebuilds the saved
     # shape and optimiser groups from its state, which the policy and optimiser states need.
     for name, method in methods.items():
-        method.load_state_dict(state["methods"][name])
+        method.load_state_dict(to_device(state["methods"][name], model.device))
     check_state_dict("policy", state.get("policy"), model.policy.state_dict(), path)
     model.policy.load_state_dict(state["policy"])
     model.policy.optimizer.load_state_dict(state["optimizer"])
@@ -162,5 +165,5 @@ def load_checkpoint(path: Path, model: PPO, methods: dict[str, Method]) -> dict[
     model._last_episode_starts = state["last_episode_starts"].numpy()
     model.ep_info_buffer = deque(state["ep_info_buffer"], maxlen=model._stats_window_size)
     model.ep_success_buffer = deque(maxlen=model._stats_window_size)
-    _set_rng_state(state["rng"])
-    return state["extra"]
+    _set_rng_state(state["rng"], model.device)
+    return to_device(state["extra"], model.device)

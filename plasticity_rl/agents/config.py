@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plasticity_rl.config import load_preset, preset_names
+from plasticity_rl.device import resolve_device
 from plasticity_rl.nn import MLPConfig
 from plasticity_rl.registry import require
 
@@ -84,6 +85,11 @@ class RLRunConfig:
     normalize_observations: bool = False
     """Wrap the env in SB3's ``VecNormalize`` (observations only)."""
     seed: int = 0
+    device: str = "cpu"
+    """Where the policy and value networks and their updates live: ``auto``, ``cpu``,
+    ``cuda`` or ``cuda:N`` (:mod:`plasticity_rl.device`); envs step on the CPU. The CPU is the
+    default: SB3's PPO with MLP policies of this size is faster there (the GPU check in
+    ``benchmarks/gpu_check.sh`` measures it)."""
     torch_threads: int = 1
     """Threads torch may use (``torch.set_num_threads``). One keeps parallel runs (the sweep
     runs one per core) from competing; a run alone on a machine may take more for its
@@ -106,6 +112,7 @@ def rl_agent_presets() -> list[str]:
 
 def validate(cfg: RLRunConfig) -> None:
     """Range checks that types alone cannot express; raises ``ConfigError``."""
+    resolve_device(cfg.device)
     p = cfg.ppo
     require(cfg.env.n_envs >= 1, "env.n_envs", cfg.env.n_envs, "an integer >= 1")
     require(p.n_steps >= 1, "ppo.n_steps", p.n_steps, "an integer >= 1")

@@ -35,6 +35,7 @@ from plasticity_rl.agents.checkpoint import load_checkpoint
 from plasticity_rl.agents.config import RLRunConfig
 from plasticity_rl.agents.policy import PlasticityActorCriticPolicy
 from plasticity_rl.config import to_yaml
+from plasticity_rl.device import resolve_device
 from plasticity_rl.envs.nonstationary import shift_default
 from plasticity_rl.envs.snapshot import Snapshot
 from plasticity_rl.envs.vec_env import DummyVecEnvNoInfoCopy
@@ -139,7 +140,7 @@ def ppo_kwargs(cfg: RLRunConfig) -> dict[str, Any]:
         "normalize_advantage": p.normalize_advantage,
         "target_kl": p.target_kl,
         "seed": cfg.seed,
-        "device": "cpu",
+        "device": str(resolve_device(cfg.device)),
     }
 
 

@@ -300,6 +300,8 @@ def batching_refusal(cfg: Any, seeds: Sequence[int]) -> str | None:
     not on disk is a refusal (the runs then go one by one and the first downloads it). So is an
     operation the meta device does not implement: not batching is always safe.
     """
+    import dataclasses
+
     import torch
 
     from plasticity_rl.supervised.datasets import DatasetFormatError, DatasetNotFound
@@ -310,8 +312,8 @@ def batching_refusal(cfg: Any, seeds: Sequence[int]) -> str | None:
         if missing is not None:
             return missing
     try:
-        with torch.device("meta"):
-            build_batched_learner(cfg, seeds)
+        with torch.device("meta"):  # the network stays there: no move to the run's device
+            build_batched_learner(dataclasses.replace(cfg, device="cpu"), seeds)
     except (ConfigError, DatasetNotFound, DatasetFormatError) as err:
         return str(err)
     except Exception as err:  # an operation the meta device lacks, a bad value: run alone

@@ -419,7 +419,8 @@ class HiddenLayerMethod(Method):
 
     @staticmethod
     def _zero_counts(layer: HiddenLayer) -> Tensor:
-        return torch.zeros(run_shape(layer.incoming), dtype=torch.float64)
+        return torch.zeros(run_shape(layer.incoming), dtype=torch.float64,
+                           device=layer_parameter(layer.incoming).device)  # fmt: skip
 
     def stats(self) -> dict[str, float]:
         out = {f"{name}/{self.counter}": float(c.sum()) for name, c in self._counts.items()}
@@ -514,7 +515,10 @@ def reset_units(
     """
     incoming, outgoing = layer.incoming, layer.outgoing
     if units.dtype != torch.bool:
-        units = torch.zeros(layer.width, dtype=torch.bool).index_fill_(0, units, True)
+        device = layer_parameter(incoming).device
+        units = torch.zeros(layer.width, dtype=torch.bool, device=device).index_fill_(
+            0, units.to(device), True
+        )
     with torch.no_grad():
         drawn = units.any(-1) if units.dim() > 1 else None
         set_weight(incoming, units, sample_weight(incoming, runs=drawn), dim=0)
@@ -552,7 +556,8 @@ def reset_layer(
     (``zero``), and ``optimizer_state`` (:data:`plasticity_rl.optim.state.OPTIMIZER_STATE_RESETS`)
     applied to every row of both. The whole-layer counterpart of :func:`reset_units`
     (reset_layers, Nikishin et al. 2022)."""
-    every_row = torch.ones(*run_shape(layer), weight_shape(layer)[0], dtype=torch.bool)
+    every_row = torch.ones(*run_shape(layer), weight_shape(layer)[0], dtype=torch.bool,
+                           device=layer_parameter(layer).device)  # fmt: skip
     with torch.no_grad():
         weight = torch.zeros_like(layer.weight) if zero else sample_weight(layer)
         set_weight(layer, every_row, weight, dim=0)

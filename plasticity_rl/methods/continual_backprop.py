@@ -224,10 +224,11 @@ class ContinualBackprop(HiddenLayerMethod):
                 else with_run_dim(incoming.weight.detach(), incoming),
             )  # fmt: skip
         num_runs = max(math.prod(run_shape(layer.incoming)) for layer in self.layers)
+        device = layer_parameter(self.layers[0].incoming).device
         self._rate = per_run_tensor(self.replacement_rate, num_runs, torch.float64,
-                                    "continual_backprop.replacement_rate")  # fmt: skip
+                                    "continual_backprop.replacement_rate", device)  # fmt: skip
         maturity = per_run_tensor(self.maturity_threshold, num_runs, torch.long,
-                                  "continual_backprop.maturity_threshold")  # fmt: skip
+                                  "continual_backprop.maturity_threshold", device)  # fmt: skip
         self._maturity = maturity.unsqueeze(1) if isinstance(maturity, Tensor) else maturity
 
     def _after_step(self, activations: dict[str, Tensor]) -> None:
@@ -273,7 +274,7 @@ class ContinualBackprop(HiddenLayerMethod):
         # index first), as a mask: rank units by utility, ineligible ones last.
         corrected_utility = torch.where(eligible, utility / bias_correction, math.inf)
         order = corrected_utility.sort(dim=1, stable=True).indices
-        positions = torch.arange(layer.width).expand_as(order)
+        positions = torch.arange(layer.width, device=order.device).expand_as(order)
         ranks = torch.empty_like(order).scatter_(1, order, positions)
         units = ranks < n_replace.unsqueeze(1)
 
@@ -314,6 +315,7 @@ class ContinualBackprop(HiddenLayerMethod):
         else:
             draws = torch.stack([torch.rand((), dtype=torch.float64, generator=generator)
                                  for generator in run_generators(layer.incoming)])  # fmt: skip
+            draws = draws.to(owed.device)  # drawn on the CPU: the runs' generators are there
             one = ((draws <= owed) & (owed > 0)).to(torch.float64)
             n_replace = torch.where(owed < 1, one, owed.floor())
         return n_replace if n_replace.any() else None
@@ -355,8 +357,10 @@ def per_run(value: Any, check: Any) -> Any:
     return check(value)
 
 
-def per_run_tensor(value: Any, runs: int, dtype: torch.dtype, key: str) -> Any:
-    """A per-run list as an ``(S,)`` tensor of ``dtype`` for ``runs`` runs; a number as is.
+def per_run_tensor(value: Any, runs: int, dtype: torch.dtype, key: str,
+                   device: torch.device | None = None) -> Any:  # fmt: skip
+    """A per-run list as an ``(S,)`` tensor of ``dtype`` (on ``device``) for ``runs`` runs; a
+    number as is.
 
     Raises:
         ConfigError: a list whose length is not the number of runs.
@@ -364,4 +368,4 @@ def per_run_tensor(value: Any, runs: int, dtype: torch.dtype, key: str) -> Any:
     if not isinstance(value, list):
         return value
     require(len(value) == runs, key, value, f"a number, or a list of {runs} (one per run)")
-    return torch.tensor(value, dtype=dtype)
+    return torch.tensor(value, dtype=dtype, device=device)

@@ -88,7 +88,8 @@ class EfficientPackNet(Method):
             stored = layer_parameter(layer)
             require(stored.dim() == 2, "method.efficient_packnet", "batched network",
                     "a single run (one seed per process)")  # fmt: skip
-            self.owners.append(torch.full(stored.shape, FREE, dtype=torch.int16))
+            self.owners.append(torch.full(stored.shape, FREE, dtype=torch.int16,
+                                          device=stored.device))  # fmt: skip
             self.frozen.append(torch.zeros_like(stored))
             self.frozen_biases.append(None)
         return [optimizer.register_step_pre_hook(self._zero_owned_gradients),

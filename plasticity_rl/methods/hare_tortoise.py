@@ -93,7 +93,7 @@ class HareTortoise(Method):
             return
         torch._foreach_copy_(hare, self.tortoise)
         for p in self.hare:
-            every = torch.ones(p.shape[0], dtype=torch.bool)
+            every = torch.ones(p.shape[0], dtype=torch.bool, device=p.device)
             reset_optimizer_state(self.optimizer, p, every, 0, self.optimizer_state)  # type: ignore[arg-type]
         self._resets += 1
 

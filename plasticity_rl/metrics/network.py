@@ -549,7 +549,8 @@ class WeightChangeMonitor:
             if [id(p) for p in params] != [id(p) for p in self._params]:
                 self._params, self._before = params, [p.detach().clone() for p in params]
                 self._groups = torch.tensor(
-                    [[float(id(p) in ids) for p in params] for ids in members]
+                    [[float(id(p) in ids) for p in params] for ids in members],
+                    device=params[0].device if params else None,
                 )
             else:  # reuse the buffers: no allocation
                 torch._foreach_copy_(self._before, [p.detach() for p in params])

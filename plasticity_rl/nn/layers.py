@@ -167,8 +167,7 @@ def sample_weight(layer: nn.Linear | nn.Conv2d, runs: Tensor | None = None) -> T
     single layer would draw it, from the run's own generator (:func:`run_generators`); with
     ``runs`` (bool, ``(S,)``) only those runs are drawn and the others are left at zero.
     """
-    weight = torch.zeros(*run_shape(layer), *weight_shape(layer),
-                         device=layer_parameter(layer).device)  # fmt: skip
+    weight = torch.zeros(*run_shape(layer), *weight_shape(layer), device=draw_device(layer))
     init = INIT_SCHEMES[getattr(layer, "init_scheme", "default")]
     wanted = [True] * len(run_generators(layer)) if runs is None else runs.tolist()
     scale = getattr(layer, "init_scale", 1.0)
@@ -178,7 +177,7 @@ def sample_weight(layer: nn.Linear | nn.Conv2d, runs: Tensor | None = None) -> T
             init(w, generator=generator).mul_(scale)
     if isinstance(layer, NonNegLinear):
         weight = layer.project(weight)
-    return weight
+    return weight.to(layer_parameter(layer).device)
 
 
 def sample_bias(layer: nn.Linear | nn.Conv2d) -> Tensor:
@@ -186,13 +185,13 @@ def sample_bias(layer: nn.Linear | nn.Conv2d) -> Tensor:
     (PyTorch's ``nn.Linear`` init) for the ``default`` scheme, zero for every other scheme,
     clamped to >= 0 for a :class:`NonNegLinear`. ``(S, out)`` for a :class:`BatchedLinear`,
     each run drawn from its own generator (:func:`run_generators`)."""
-    bias = torch.zeros(*run_shape(layer), weight_shape(layer)[0],
-                       device=layer_parameter(layer).device)  # fmt: skip
+    bias = torch.zeros(*run_shape(layer), weight_shape(layer)[0], device=draw_device(layer))
     if getattr(layer, "init_scheme", "default") == "default":
         bound = 1.0 / math.sqrt(fans(layer)[0])
         for b, generator in zip(with_run_dim(bias, layer), run_generators(layer), strict=True):
             b.uniform_(-bound, bound, generator=generator)
-    return bias.clamp_min(0.0) if isinstance(layer, NonNegLinear) else bias
+    bias = bias.clamp_min(0.0) if isinstance(layer, NonNegLinear) else bias
+    return bias.to(layer_parameter(layer).device)
 
 
 def sample_normal(layer: nn.Linear, like: Tensor) -> Tensor:
@@ -201,10 +200,19 @@ def sample_normal(layer: nn.Linear, like: Tensor) -> Tensor:
     Each run draws from its own generator (:func:`run_generators`; torch's global RNG for a
     plain layer, where this equals ``torch.randn_like(like)``).
     """
-    noise = torch.empty_like(like)
+    noise = torch.empty_like(like, device=draw_device(layer))
     for n, generator in zip(with_run_dim(noise, layer), run_generators(layer), strict=True):
         n.normal_(generator=generator)
-    return noise
+    return noise.to(like.device)
+
+
+def draw_device(layer: nn.Module) -> torch.device:
+    """Where ``layer``'s random draws are made: its own device with torch's global generator
+    (a plain layer), the CPU with the runs' own generators (a batched layer: CPU generators,
+    so a batched run draws what its single run draws on any device; moved afterwards)."""
+    if run_generators(layer)[0] is None:
+        return layer_parameter(layer).device
+    return torch.device("cpu")
 
 
 def layer_parameter(layer: nn.Linear) -> nn.Parameter:
@@ -266,7 +274,8 @@ def set_weight(layer: nn.Linear, index: Tensor, values: Tensor, dim: int) -> Non
             if isinstance(layer, BatchedLinear):
                 raise ValueError("set_weight: a BatchedLinear takes a bool (runs, units) mask")
             values = current.index_copy(dim, index, values)
-            index = torch.zeros(current.shape[dim], dtype=torch.bool).index_fill_(0, index, True)
+            index = torch.zeros(current.shape[dim], dtype=torch.bool,
+                                device=current.device).index_fill_(0, index, True)  # fmt: skip
         if not parametrize.is_parametrized(layer, "weight"):  # write just the selected units
             param = layer.weight.detach()
             for s in index.any(-1).nonzero().squeeze(1).tolist() if index.dim() > 1 else [None]:
@@ -596,12 +605,13 @@ class Dropout(nn.Module):
     def forward(self, h: Tensor) -> Tensor:
         if not self.training or self.p == 0:
             return h
-        keep = torch.empty_like(h)
         if self.generators is None:
-            keep.bernoulli_(1 - self.p)
-        else:
+            keep = torch.empty_like(h).bernoulli_(1 - self.p)
+        else:  # the runs' CPU generators (see draw_device)
+            keep = torch.empty_like(h, device="cpu")
             for mask, generator in zip(keep, self.generators, strict=True):
                 mask.bernoulli_(1 - self.p, generator=generator)
+            keep = keep.to(h.device)
         return h * keep / (1 - self.p)
 
     def extra_repr(self) -> str:

@@ -53,6 +53,8 @@ class PerRunLearningRates:
 
     def _scale_gradients(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if params and self._scale.device != params[0].device:
+            self._scale = self._scale.to(params[0].device)
         grads = [p.grad for p in params]
         scales = [self._scale.view(-1, *[1] * (g.dim() - 1)) for g in grads]
         with torch.no_grad():

@@ -65,7 +65,9 @@ def reset_optimizer_state(
     if mode == "keep" or not state:
         return
     if index.dtype != torch.bool:
-        index = torch.zeros(param.shape[dim], dtype=torch.bool).index_fill_(0, index, True)
+        index = torch.zeros(param.shape[dim], dtype=torch.bool, device=param.device).index_fill_(
+            0, index.to(param.device), True
+        )
     select = unit_selector(index, param.dim(), dim)
     for key, value in list(state.items()):
         if key == "step":

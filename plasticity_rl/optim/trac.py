@@ -47,11 +47,11 @@ def erfi(x: Tensor) -> Tensor:
     """The imaginary error function erfi(x) = 2/sqrt(pi) sum_n x^(2n+1) / (n! (2n+1)), in float64
     (exact to rounding for |x| < 26; beyond, it overflows to +-inf)."""
     x = x.double()
-    n = torch.arange(1, 400, dtype=torch.float64)
+    n = torch.arange(1, 400, dtype=torch.float64, device=x.device)
     # term_n / term_{n-1} of x^(2n+1)/n! is x^2 / n; divide by (2n+1) afterwards.
     ratios = (x.unsqueeze(-1) ** 2) / n
     powers = torch.cat([torch.ones_like(x).unsqueeze(-1), torch.cumprod(ratios, dim=-1)], dim=-1)
-    odd = 2 * torch.arange(0, 400, dtype=torch.float64) + 1
+    odd = 2 * torch.arange(0, 400, dtype=torch.float64, device=x.device) + 1
     return 2 / math.sqrt(math.pi) * x * (powers / odd).sum(-1)
 
 
@@ -77,26 +77,26 @@ class _TracStep:
         return loss
 
     def _trac_update(self, params: list[Tensor], before: list[Tensor], grads: list[Tensor]) -> None:
-        group = self.param_groups[0]
+        group, device = self.param_groups[0], params[0].device
+        betas = torch.tensor(group["trac_betas"], device=device)
         if _GROUP_KEY not in group:
-            betas = torch.tensor(group["trac_betas"])
             group[_GROUP_KEY] = {"s": torch.zeros_like(betas), "variance": torch.zeros_like(betas),
                                  "sigma": torch.full_like(betas, 1e-8)}  # fmt: skip
-        trac = group[_GROUP_KEY]
+        # the parameters' device (a checkpoint's group state loads onto the CPU)
+        trac = group[_GROUP_KEY] = {k: v.to(device) for k, v in group[_GROUP_KEY].items()}
         eps, s_prev = group["trac_eps"], group["trac_s_prev"]
-        betas = torch.tensor(group["trac_betas"])
         for p, theta in zip(params, before, strict=True):
             if TRAC_STATE not in self.state[p]:
                 self.state[p][TRAC_STATE] = theta.clone()
         s_sum = trac["s"].sum()
-        deltas, h = [], torch.zeros(())
+        deltas, h = [], torch.zeros((), device=device)
         for p, theta, g in zip(params, before, grads, strict=True):
             delta = (theta - self.state[p][TRAC_STATE]) / (s_sum + eps)
             h += torch.dot(delta.flatten(), g.flatten())
             deltas.append(delta.add_(p - theta))
         trac["variance"].mul_(betas**2).add_(h**2)
         trac["sigma"].mul_(betas).sub_(h)
-        first = torch.tensor(s_prev) / _ERFI_OF_INV_SQRT2
+        first = torch.tensor(s_prev, device=device) / _ERFI_OF_INV_SQRT2.to(device)
         ratio = trac["sigma"] / (_SQRT2 * trac["variance"].sqrt() + eps)
         trac["s"].copy_(first * erfi(ratio).float())
         scale = torch.clamp(trac["s"].sum(), min=0.0)

@@ -11,7 +11,8 @@
    their ``RandomRotation((0, 15))``), nearest-neighbour sampling, the corners filled with 0 (the
    channel mean, as the images are already normalised).
 
-Each image draws its own flip, offsets and angle. The draws of a batch come from a generator
+Each image draws its own flip, offsets and angle (on the CPU, then moved to the batch's
+device: the same draws on every device). The draws of a batch come from a generator
 seeded by (run seed, task, epoch, batch) (:func:`batch_generator`), so a run continued from a
 mid-task checkpoint augments its remaining batches exactly as the uninterrupted run. Their code
 also augments the test set (its test loader is built with ``validation=False``); that is a plain
@@ -64,7 +65,7 @@ def augment_batch(x: Tensor, tasks: Sequence[Any], seeds: Sequence[int], task: i
 
 def random_flip(x: Tensor, generator: torch.Generator, p: float = 0.5) -> Tensor:
     """Each image mirrored left-right with probability ``p``."""
-    flip = torch.rand(len(x), generator=generator) < p
+    flip = (torch.rand(len(x), generator=generator) < p).to(x.device)
     return torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
@@ -72,11 +73,11 @@ def random_crop(x: Tensor, generator: torch.Generator, padding: int = CROP_PADDI
     """Each image cut at a uniform offset out of its reflection-padded copy (same size)."""
     n, _, h, w = x.shape
     padded = F.pad(x, (padding,) * 4, mode="reflect")
-    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator)
-    rows = offsets[0].view(n, 1) + torch.arange(h)  # (n, h)
-    cols = offsets[1].view(n, 1) + torch.arange(w)  # (n, w)
-    index = torch.arange(n).view(n, 1, 1, 1)
-    channels = torch.arange(x.shape[1]).view(1, -1, 1, 1)
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(x.device)
+    rows = offsets[0].view(n, 1) + torch.arange(h, device=x.device)  # (n, h)
+    cols = offsets[1].view(n, 1) + torch.arange(w, device=x.device)  # (n, w)
+    index = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    channels = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
     return padded[index, channels, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
 
 
@@ -92,7 +93,7 @@ def random_rotation(
     # output pixel (u, v) (u right, v down) samples the input at R(-angle)(u, v), as
     # :func:`plasticity_rl.supervised.streams.rotate_images` (there for one angle, bilinear)
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from plasticity_rl.device import cuda_rng_state, set_cuda_rng_state, to_device
 from plasticity_rl.methods import Method
 from plasticity_rl.metrics import run_gradient_metrics
 from plasticity_rl.nn import (
@@ -41,7 +42,7 @@ def run_checkpoint(learner: Learner, run: int, progress: dict[str, Any]) -> dict
         if learner.batched
         else optimizer.state_dict(),
         "methods": {name: m.run_state_dict(run) for name, m in learner.methods.items()},
-        "rng": {"torch": learner.rng_state(run)},
+        "rng": {"torch": learner.rng_state(run), "cuda": cuda_rng_state(learner.device)},
         "progress": progress,
     }
 
@@ -68,11 +69,13 @@ def _load_methods(path: Path, states: Sequence[dict], model: nn.Module, learner_
     Methods come first: one that grows the network (plasticity injection) rebuilds the saved
     shape and optimiser groups from its state, which the network and optimiser states need.
     """
+    device = next(model.parameters()).device
     for name, method in learner_methods.items():
+        saved = [to_device(state["methods"][name], device) for state in states]
         if batched:
-            method.load_run_state_dicts([state["methods"][name] for state in states])
+            method.load_run_state_dicts(saved)
         else:
-            method.load_state_dict(states[0]["methods"][name])
+            method.load_state_dict(saved[0])
     current = run_state_dict(model, 0) if batched else model.state_dict()
     for state in states:
         check_state_dict("network", state["model"], current, path)
@@ -103,9 +106,11 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
+        set_cuda_rng_state(state["rng"].get("cuda"), device)
 
+    device = next(model.parameters()).device
     _restore(path, restore)
-    return state["progress"]
+    return to_device(state["progress"], device)
 
 
 def load_run_checkpoints(learner: Learner, paths: Sequence[Path]) -> list[dict[str, Any]]:
@@ -130,9 +135,10 @@ def load_run_checkpoints(learner: Learner, paths: Sequence[Path]) -> list[dict[s
         load_run_optimizer_states(learner.optimizer, [state["optimizer"] for state in states])
         for generator, state in zip(learner.generators or [], states, strict=True):
             generator.set_state(state["rng"]["torch"])
+        set_cuda_rng_state(states[0]["rng"].get("cuda"), learner.device)
 
     _restore(paths[0], restore)
-    return [state["progress"] for state in states]
+    return [to_device(state["progress"], learner.device) for state in states]
 
 
 def save_all(learner: Learner, run_dirs: Sequence[Path], progresses: list[dict]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from plasticity_rl.device import resolve_device
 from plasticity_rl.nn import MLPConfig
 from plasticity_rl.registry import require
 
@@ -101,6 +102,10 @@ class SupervisedRunConfig:
     """Interventions and continual-learning methods by name, with their settings."""
     train: TrainConfig = field(default_factory=TrainConfig)
     seed: int = 0
+    device: str = "cpu"
+    """Where the network, its data and its updates live: ``auto``, ``cpu``, ``cuda`` or
+    ``cuda:N`` (:mod:`plasticity_rl.device`). The CPU is the default, so that runs are
+    bit-identical across machines unless asked."""
     data_dir: str | None = None
     """Directory with the dataset files (None: the download cache)."""
     env_preset: str = ""
@@ -109,6 +114,7 @@ class SupervisedRunConfig:
 
 def validate(cfg: SupervisedRunConfig) -> None:
     """Range checks that types alone cannot express; raises ``ConfigError``."""
+    resolve_device(cfg.device)
     t = cfg.train
     require(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
     require(t.epochs_per_task >= 1, "train.epochs_per_task", t.epochs_per_task, "an integer >= 1")

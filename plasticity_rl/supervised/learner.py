@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from plasticity_rl.config import to_yaml
+from plasticity_rl.device import resolve_device
 from plasticity_rl.methods import Method, make_method
 from plasticity_rl.nn import (
     build_mlp,
@@ -39,7 +40,7 @@ from plasticity_rl.optim.runs import (
 from plasticity_rl.registry import ConfigError, require
 from plasticity_rl.supervised.config import SupervisedRunConfig
 from plasticity_rl.supervised.regression import RegressionStream
-from plasticity_rl.supervised.streams import STREAMS, TaskStream, make_stream
+from plasticity_rl.supervised.streams import STREAMS, LazyTasks, TaskStream, make_stream
 
 Stream = TaskStream | RegressionStream
 
@@ -119,14 +120,30 @@ def output_width(stream: Stream) -> int:
 def build_learner(
     cfg: SupervisedRunConfig, stream: Stream
 ) -> tuple[nn.Module, torch.optim.Optimizer, dict[str, Method]]:
-    """Network, optimiser (with its step hooks) and attached methods, seeded by ``cfg.seed``."""
+    """Network, optimiser (with its step hooks) and attached methods, seeded by ``cfg.seed``,
+    on ``cfg.device`` (built on the CPU and moved; the stream's tasks move as they are built)."""
     seed_everything(cfg.seed)
-    model = build_network(cfg, tuple(stream.input_shape), output_width(stream))
+    device = resolve_device(cfg.device)
+    model = move(build_network(cfg, tuple(stream.input_shape), output_width(stream)), device)
+    place_stream(stream, device)
     optimizer = make_optimizer(model, cfg.optimizer)
     methods = make_methods(cfg, stream)
     for method in methods.values():
         method.attach(model, optimizer)
     return model, optimizer, methods
+
+
+def move(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` on ``device``; left where it was built for the CPU (so a network built on the
+    meta device, as the sweep's batching check does, stays there)."""
+    return model if device.type == "cpu" else model.to(device)
+
+
+def place_stream(stream: Stream, device: torch.device) -> None:
+    """Have ``stream``'s tasks built onto ``device`` (a regression stream's examples are moved
+    by the trainer)."""
+    if isinstance(stream, TaskStream) and isinstance(stream.tasks, LazyTasks):
+        stream.tasks.device = device
 
 
 def seed_everything(seed: int) -> None:
@@ -153,13 +170,20 @@ class Learner:
     _run_view: nn.Module | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        # the hand-written backward is a CPU optimisation; autograd on other devices
         use = self.cfgs[0].train.hand_backprop and HandBackprop.supports(self.model)
+        use = use and self.device.type == "cpu"
         if use and not any(m.needs_autograd for m in self.methods.values()):
             self.backprop = HandBackprop(self.model, self.optimizer)
 
     @property
     def runs(self) -> int:
         return len(self.cfgs)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network lives (``cfg.device``, resolved)."""
+        return next(self.model.parameters()).device
 
     @property
     def batched(self) -> bool:
@@ -267,7 +291,11 @@ def build_batched_learner(cfg: SupervisedRunConfig, seeds: Sequence[int]) -> Lea
     first = streams[0]
     generators = [torch.Generator().manual_seed(run_cfg.seed) for run_cfg in cfgs]
     input_shape, out_dim = tuple(first.input_shape), output_width(first)
-    model = build_runs(lambda: build_network(cfgs[0], input_shape, out_dim), generators)
+    device = resolve_device(cfg.device)
+    model = move(build_runs(lambda: build_network(cfgs[0], input_shape, out_dim), generators),
+                 device)  # fmt: skip
+    for stream in streams:
+        place_stream(stream, device)
     lr = cfg.optimizer.get("lr") if isinstance(cfg.optimizer, dict) else None
     lrs = list(lr) if isinstance(lr, list | tuple) else None
     optimizer = make_run_optimizer(model, cfg.optimizer, len(cfgs), lrs)

@@ -26,7 +26,7 @@ def class_mask(task: Task, num_classes: int) -> Tensor | None:
     """Additive logit mask: 0 for the task's active classes, -inf for the others (or None)."""
     if len(task.active_classes) == num_classes:
         return None
-    mask = torch.full((num_classes,), float("-inf"))
+    mask = torch.full((num_classes,), float("-inf"), device=task.train_x.device)
     mask[task.active_classes] = 0.0
     return mask
 
@@ -37,7 +37,7 @@ def run_class_mask(tasks: Sequence[Task], num_classes: int, batched: bool) -> Te
     masks = [class_mask(task, num_classes) for task in tasks]
     if not batched or all(m is None for m in masks):
         return masks[0]
-    zeros = torch.zeros(num_classes)
+    zeros = torch.zeros(num_classes, device=tasks[0].train_x.device)
     return torch.stack([zeros if m is None else m for m in masks]).unsqueeze(1)
 
 
@@ -153,6 +153,7 @@ def run_batches(
             size = len(indices[0])
             x, y = x_buffer[:, :size], y_buffer[:, :size]
             for s, (task, i) in enumerate(zip(tasks, indices, strict=True)):
+                i = i.to(task.train_x.device)
                 torch.index_select(task.train_x, 0, i, out=x[s])
                 torch.index_select(task.train_y, 0, i, out=y[s])
         else:

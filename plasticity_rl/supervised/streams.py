@@ -39,6 +39,7 @@ alone and the same ``seed`` always gives the same stream.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -93,6 +94,15 @@ class Task:
     augment: Augmentation | None = None
     """Applied to every training batch (:mod:`plasticity_rl.supervised.augment`), or None."""
 
+    def to(self, device: torch.device) -> Task:
+        """The task with its tensors on ``device``."""
+        moved = {key: getattr(self, key).to(device) for key in TASK_TENSORS
+                 if getattr(self, key) is not None}  # fmt: skip
+        return dataclasses.replace(self, **moved)
+
+
+TASK_TENSORS = ("train_x", "train_y", "test_x", "test_y", "val_x", "val_y")
+
 
 class LazyTasks(Sequence[Task]):
     """``num_tasks`` tasks, task ``t`` built by ``build(t)`` when indexed.
@@ -110,6 +120,8 @@ class LazyTasks(Sequence[Task]):
         self._build = build
         self.cache_size = cache_size
         self._cache: OrderedDict[int, Task] = OrderedDict()
+        self.device = torch.device("cpu")
+        """Where built tasks' tensors are moved (once, when built): the run's device."""
 
     def __len__(self) -> int:
         return self._num_tasks
@@ -130,6 +142,8 @@ class LazyTasks(Sequence[Task]):
             self._cache.move_to_end(index)
             return self._cache[index]
         task = self._build(index)
+        if self.device.type != "cpu":
+            task = task.to(self.device)
         self._cache[index] = task
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)

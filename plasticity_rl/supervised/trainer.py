@@ -132,6 +132,7 @@ def train_tasks(
     prefetch = backprop.prefetch if backprop is not None and batch_size == 1 else None
     churns = _churn_monitors(progresses)
     schedule = EpochSchedule(learner, tc, progresses)
+    device = learner.device
     for t in range(progress["task"], num_tasks):
         tasks = [s.tasks[t] for s in learner.streams]
         mask = run_class_mask(tasks, stream.num_classes, batched)
@@ -143,10 +144,11 @@ def train_tasks(
         # a run continued mid-task starts where its checkpoint was written
         at = progress.get("position") or {"epoch": 0, "example": 0, "seen_online": 0,
                                            "loss_count": 0}  # fmt: skip
-        correct_online = torch.tensor([p.get("position", {}).get("correct_online", 0)
-                                       for p in progresses]).reshape(runs)  # fmt: skip
-        loss_sum = torch.tensor([p.get("position", {}).get("loss_sum", 0.0)
-                                 for p in progresses]).reshape(runs)  # fmt: skip
+        positions = [p.get("position", {}) for p in progresses]
+        correct_online = torch.tensor([at_run.get("correct_online", 0) for at_run in positions],
+                                      device=device).reshape(runs)  # fmt: skip
+        loss_sum = torch.tensor([at_run.get("loss_sum", 0.0) for at_run in positions],
+                                device=device).reshape(runs)  # fmt: skip
         seen_online, loss_count = at["seen_online"], at["loss_count"]
         chunk = chunk_examples(n, learner.runs, batch_size, batched)
         batches = math.ceil(n / batch_size)
@@ -194,7 +196,7 @@ def train_tasks(
                     mean_losses = _per_run(loss_sum / loss_count)
                     for writer, value in zip(writers, mean_losses, strict=True):
                         writer.add_scalar("cl/train_loss", value, step)
-                    loss_sum, loss_count = torch.zeros(runs), 0
+                    loss_sum, loss_count = torch.zeros(runs, device=device), 0
                     log_method_stats(writers, methods, step)
                 if tc.eval_every_steps and step % tc.eval_every_steps == 0:
                     for run, writer in enumerate(writers):
@@ -265,7 +267,7 @@ def train_regression(
     while progress["step"] < stream.total_examples:
         count = min(stream.bin_size - progress["step"] % stream.bin_size,
                     stream.total_examples - progress["step"])  # fmt: skip
-        samples = [s.generator.sample(count) for s in streams]
+        samples = [tuple(t.to(learner.device) for t in s.generator.sample(count)) for s in streams]
         # Step-major: xs[i] is step i's input, (1, in) for a single run, (S, 1, in) batched.
         xs = torch.stack([x for x, _ in samples], 1) if batched else samples[0][0]
         ys = torch.stack([y for _, y in samples], 1) if batched else samples[0][1]
