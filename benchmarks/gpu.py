@@ -1,14 +1,16 @@
-"""GPU against CPU on one machine: batched seeds, ResNet-18 epochs and PPO updates.
+"""GPU against CPU on one machine: batched seeds, ResNet-18 training and PPO updates.
 
-Three measurements, each on the CPU and on ``cuda`` in the same process (the same machine):
+Three measurements, each on the CPU and on ``cuda`` in the same process (the same machine;
+the CPU side with one thread, as the runs set it):
 
 - Online Permuted MNIST's learner (784 -> 3 x 100 -> 10, batch 1, SGD 0.003, continual
   backprop), S seeds trained as one batched network (``train_runs``), S = 10 and 100:
   aggregate training examples per second in steady state (:func:`batched_speed.trainer_speed`
   on random MNIST-shaped files);
 - ResNet-18 (``network.kind: resnet18``, ``agents/resnet18-cbp.yaml``) on CIFAR-shaped random
-  images: one epoch of one 5-class increment (2,250 images, batches of 90, augmentation and
-  per-epoch evaluation on) through ``train_supervised.py``'s trainer; epochs per second;
+  images: training images per second over the epochs of a first increment of one class (450
+  images, batches of 90, augmentation, per-epoch evaluation and early stopping on) through
+  ``train_supervised.py``'s trainer (one class keeps the CPU side short);
 - PPO (``agents/ppo-cbp-l2.yaml``, Hopper with friction changes, 2,048-step rollouts): the
   updates (10 epochs of 16 minibatches) per second, env stepping excluded, via SB3's own
   ``train()`` on a filled rollout buffer.
@@ -51,7 +53,7 @@ def opm_batched(device: str, seeds: int, examples: int, data_dir: Path) -> float
     return trainer_speed(make, list(range(seeds)), examples)
 
 
-def resnet_epochs_per_second(device: str, root: Path) -> float:
+def resnet_images_per_second(device: str, root: Path) -> float:
     from plasticity_rl.config import load_preset, resolve
     from plasticity_rl.supervised.config import SupervisedRunConfig
     from plasticity_rl.supervised.trainer import train
@@ -71,14 +73,16 @@ def resnet_epochs_per_second(device: str, root: Path) -> float:
                       {"stream": load_preset("envs", "class-incremental-cifar100")},
                       load_preset("agents", "resnet18-cbp"),
                       {"data_dir": str(data_dir), "device": device,
-                       "train": {"epochs_per_task": epochs, "stop_after_tasks": 1}})  # fmt: skip
+                       "stream": {"kwargs": {"classes_per_step": 1}},
+                       "train": {"epochs_per_task": epochs, "stop_after_tasks": 1,
+                                 "probe_size": 100}})  # fmt: skip
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             train(cfg, Path(tmp), show_progress=False)
             return time.perf_counter() - start
 
     seconds(1)  # warm-up
-    return 1.0 / (seconds(2) - seconds(1))
+    return 450 / (seconds(2) - seconds(1))
 
 
 def ppo_updates_per_second(device: str) -> float:
@@ -113,8 +117,8 @@ def main() -> None:
             rows.append((f"Online Permuted MNIST 3x100 CBP, {seeds} seeds batched (examples/s)",
                          {d: opm_batched(d, seeds, examples, mnist) for d in devices}))  # fmt: skip
             print(rows[-1], flush=True)
-        rows.append(("ResNet-18 CBP, one 5-class increment (epochs/s)",
-                     {d: resnet_epochs_per_second(d, Path(tmp)) for d in devices}))  # fmt: skip
+        rows.append(("ResNet-18 CBP, training images/s (450-image increment, batch 90)",
+                     {d: resnet_images_per_second(d, Path(tmp)) for d in devices}))  # fmt: skip
         print(rows[-1], flush=True)
     rows.append(("PPO + CBP + L2 update, 2,048 samples x 10 epochs (updates/s)",
                  {d: ppo_updates_per_second(d) for d in devices}))  # fmt: skip
