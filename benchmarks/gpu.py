@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args()
     devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
-    examples = 500 if args.quick else 2000
+    examples = 300 if args.quick else 2000
     rows: list[tuple[str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         mnist = image_dir(Path(tmp) / "mnist", examples)

@@ -611,7 +611,7 @@ def test_resnet18_presets_train_an_increment_with_early_stopping(
     assert len(validation) == len(test) == 1 and len(test[0]) == 3
     # early stopping: the task ends with the network of the first epoch of best validation
     best = validation[0].index(max(validation[0]))
-    assert results["accuracy_matrix"] == [[test[0][best]]]
+    assert results["task_accuracy"] == [test[0][best]] and "accuracy_matrix" not in results
     assert results["best_epoch_test_accuracy"] == [max(test[0])]
     names = tags(tmp_path / "r")
     assert {"cl/epoch/validation_accuracy", "plasticity/net/hidden17/srank99"} <= names
@@ -634,7 +634,7 @@ def test_resnet18_cbp_interrupted_mid_epoch_resumes_exactly(tmp_path, cifar100_f
         assert main([*args, "--logdir", str(tmp_path), "--name", "cut", *QUIET]) == 143
     assert main(["--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
     resumed = json.loads((tmp_path / "cut" / "results.json").read_text())
-    for key in ("accuracy_matrix", "epoch_test_accuracy", "epoch_validation_accuracy", "steps"):
+    for key in ("task_accuracy", "epoch_test_accuracy", "epoch_validation_accuracy", "steps"):
         assert resumed[key] == whole[key], key
     a = torch.load(tmp_path / "whole/checkpoints/latest.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "cut/checkpoints/latest.pt", weights_only=True)["model"]
