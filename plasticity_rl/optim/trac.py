@@ -82,8 +82,9 @@ class _TracStep:
         if _GROUP_KEY not in group:
             group[_GROUP_KEY] = {"s": torch.zeros_like(betas), "variance": torch.zeros_like(betas),
                                  "sigma": torch.full_like(betas, 1e-8)}  # fmt: skip
-        # the parameters' device (a checkpoint's group state loads onto the CPU)
-        trac = group[_GROUP_KEY] = {k: v.to(device) for k, v in group[_GROUP_KEY].items()}
+        trac = group[_GROUP_KEY]
+        if trac["s"].device != device:  # a checkpoint's group state loads onto the CPU
+            trac = group[_GROUP_KEY] = {k: v.to(device) for k, v in trac.items()}
         eps, s_prev = group["trac_eps"], group["trac_s_prev"]
         for p, theta in zip(params, before, strict=True):
             if TRAC_STATE not in self.state[p]:
