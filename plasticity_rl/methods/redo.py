@@ -17,7 +17,8 @@ tau = 0.1 and a period of 100 optimiser steps, the defaults here.
 ReGraMa (Liu et al. 2025, "Measure gradients not activations! Enhancing neuronal activity in
 deep reinforcement learning") is ReDo with the score computed from the gradient of the unit's
 incoming weights at that step, s_j = mean_l |g_jl| / ((1/n_units) sum_k mean_l |g_kl|)
-(:func:`plasticity_rl.metrics.network.grama_scores`): a unit is dormant when it stops
+(:func:`plasticity_rl.metrics.network.grama_scores` of the incoming-weight gradient,
+:func:`~plasticity_rl.metrics.network.hidden_layer_grama_scores`): a unit is dormant when it stops
 learning, whatever its activation. Only :meth:`ReDo._scores` differs.
 """
 
@@ -35,8 +36,8 @@ from plasticity_rl.methods.base import (
     check_number,
     reset_units,
 )
-from plasticity_rl.metrics.network import dormancy_scores, grama_scores
-from plasticity_rl.nn.layers import layer_parameter, run_shape
+from plasticity_rl.metrics.network import dormancy_scores, hidden_layer_grama_scores
+from plasticity_rl.nn.layers import run_shape
 from plasticity_rl.nn.mlp import HiddenLayer
 from plasticity_rl.optim.state import check_optimizer_state_mode
 
@@ -111,7 +112,4 @@ class ReGraMa(ReDo):
     needs_autograd = True
 
     def _scores(self, layer: HiddenLayer, activations: dict[str, Tensor]) -> Tensor | None:
-        grad = layer_parameter(layer.incoming).grad
-        if grad is None:
-            return None
-        return grama_scores(grad.flatten(1) if layer.convolutional else grad)
+        return hidden_layer_grama_scores(layer)

@@ -128,6 +128,16 @@ def grama_dormant_fraction(weight_grad: Tensor, tau: float = 0.0) -> float:
     return (grama_scores(weight_grad) <= tau).float().mean().item()
 
 
+def hidden_layer_grama_scores(layer: HiddenLayer) -> Tensor | None:
+    """:func:`grama_scores` of a hidden layer's units from its incoming weight's current
+    ``.grad`` (a conv channel scored over its whole kernel), with the layer's run dims; None
+    when the weight has no gradient."""
+    grad = layer_parameter(layer.incoming).grad
+    if grad is None:
+        return None
+    return grama_scores(grad.flatten(1) if layer.convolutional else grad)
+
+
 def dormant_ratio(h: Tensor, tau: float = 0.0) -> float:
     """Fraction of tau-dormant units, s_j <= tau with s from :func:`dormancy_scores`.
 
@@ -381,10 +391,9 @@ def run_gradient_metrics(model: nn.Module, tau: float = 0.1) -> list[dict[str, f
         return None
     per_run: list[dict[str, float]] = [{"gradient_norm": norm} for norm in norms]
     for layer in hidden_layers(model):
-        grad = layer_parameter(layer.incoming).grad
-        if grad is None:
+        scores = hidden_layer_grama_scores(layer)
+        if scores is None:
             continue
-        scores = grama_scores(grad.flatten(1) if layer.convolutional else grad)
         fractions = (scores <= tau).double().mean(-1).reshape(-1).tolist()
         for metrics, fraction in zip(per_run, fractions, strict=True):
             metrics[f"{layer.name}/grama_dormant_ratio"] = fraction

@@ -132,7 +132,7 @@ def train_tasks(
     prefetch = backprop.prefetch if backprop is not None and batch_size == 1 else None
     churns = _churn_monitors(progresses)
     schedule = EpochSchedule(learner, tc, progresses)
-    device = learner.device
+    device, seeds = learner.device, [cfg.seed for cfg in learner.cfgs]
     for t in range(progress["task"], num_tasks):
         tasks = [s.tasks[t] for s in learner.streams]
         mask = run_class_mask(tasks, stream.num_classes, batched)
@@ -177,7 +177,6 @@ def train_tasks(
             for x, y in run_batches(tasks, orders, batch_size, batched, prefetch, done):
                 size = y.shape[-1] if batched else len(y)
                 if tasks[0].augment is not None:
-                    seeds = [cfg.seed for cfg in learner.cfgs]
                     x = augment_batch(x, tasks, seeds, t, epoch, done // batch_size, batched)
                 for method in methods.values():
                     x, y = method.on_batch(x, y)
