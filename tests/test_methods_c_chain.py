@@ -46,6 +46,44 @@ def test_third_step_penalises_the_churn_of_the_second_on_the_reference_batch():
     assert method.state_dict()["steps"] == 3
 
 
+def test_the_coefficient_adapts_to_the_loss_over_a_window_of_losses_and_churns():
+    # Steps 1-3 as above (lambda 0.1); the losses given after steps 1, 2, 3 are -4, 2, 1 and
+    # the churns then 0, 0, 2.5. The third loss starts the adaptation; the window of 2 holds
+    # losses (1, 2) and churns (2.5, 0): lambda = 0.5 * mean(1, 2) / (mean(2.5, 0) + 1e-8) = 0.6.
+    # Step 4 at W = [0.9, 0.6] against W before step 3, [1, 1]: outputs [0.9, 1.2] vs [1, 2],
+    # dR/dW = 0.6 * ((-0.1) [1, 0] + (-0.8) [0, 2]) = [-0.06, -0.96]; SGD lr 1: [0.96, 1.56].
+    net = nn.Linear(2, 1, bias=False)
+    optimizer = torch.optim.SGD(net.parameters(), lr=1.0)
+    method = CChain(coefficient=0.1, target_relative_loss_scale=0.5, adapt_from_losses=3,
+                    loss_window=2)  # fmt: skip
+    method.attach(net, optimizer)
+    for weight, loss in [([5.0, -5.0], -4.0), ([0.0, 0.0], 2.0), ([1.0, 1.0], 1.0)]:
+        set_weight(net, weight)
+        training_step(net, optimizer)
+        method.on_training_loss(torch.tensor(loss))
+        if loss != 1.0:
+            assert method.stats()["c_chain/coefficient"] == pytest.approx(0.1)
+    assert net.weight.flatten().tolist() == pytest.approx([0.9, 0.6])
+    assert method.stats()["c_chain/coefficient"] == pytest.approx(0.6)
+    training_step(net, optimizer)
+    assert net.weight.flatten().tolist() == pytest.approx([0.96, 1.56])
+
+
+def test_without_a_target_the_coefficient_stays_fixed():
+    net = nn.Linear(2, 1, bias=False)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    method = CChain(coefficient=0.1, target_relative_loss_scale=None, adapt_from_losses=1)
+    method.attach(net, optimizer)
+    for _ in range(4):
+        training_step(net, optimizer)
+        method.on_training_loss(torch.tensor(3.0))
+    assert method.stats()["c_chain/coefficient"] == pytest.approx(0.1)
+    assert method.losses_seen == 0 and not method.adaptation["loss_window"].any()
+    with pytest.raises(ConfigError, match=r"c_chain.target_relative_loss_scale: got 0; "
+                                          r"allowed: null or a number > 0"):  # fmt: skip
+        make_method("c_chain", target_relative_loss_scale=0)
+
+
 def test_only_training_forwards_set_the_reference_batch():
     net = nn.Linear(2, 1, bias=False)
     set_weight(net, [0.0, 0.0])

@@ -17,7 +17,13 @@ from test_train_rl import CBP_RUN, assert_same_training_state, final_state, main
 NEW_METHODS = {
     "l2_init": {"coefficient": 1e-2},
     "parseval": {"coefficient": 1e-2, "scale": 1.0},
-    "c_chain": {"coefficient": 1.0},
+    # a small target: the adaptive coefficient of plain SGD stays below where it would diverge
+    "c_chain": {
+        "coefficient": 1.0,
+        "target_relative_loss_scale": 1e-4,
+        "adapt_from_losses": 3,
+        "loss_window": 4,
+    },
     "weight_clipping": {"kappa": 1.0},
     "normalize_and_project": {},
 }
@@ -56,7 +62,8 @@ def test_all_together_with_redo_resume_exactly_in_batched_runs(tmp_path, mnist_d
 
 def test_ppo_with_all_of_them_and_cbp_redo_snp_resumes_exactly(tmp_path):
     sets = [f"method.{name}={value}" for name, value in {
-        **NEW_METHODS, "c_chain": {"networks": ["pi"]}, "redo": {"period": 4, "tau": 0.1},
+        **NEW_METHODS, "c_chain": {"networks": ["pi"], "adapt_from_losses": 2, "loss_window": 2},
+        "redo": {"period": 4, "tau": 0.1},
         "shrink_and_perturb": {"shrink": 1e-6, "noise_std": 1e-6}}.items()]  # fmt: skip
     run = [*CBP_RUN, *[arg for item in sets for arg in ("--set", item)], "--logdir", str(tmp_path)]
     assert main([*run, "--name", "whole"]) == 0
@@ -66,6 +73,7 @@ def test_ppo_with_all_of_them_and_cbp_redo_snp_resumes_exactly(tmp_path):
     assert_same_training_state(whole, resumed)
     for name in NEW_METHODS:
         assert name in whole["methods"]
+    assert whole["methods"]["c_chain"]["losses_seen"] == 6  # one policy loss per rollout
     tags = scalars(tmp_path / "whole")
     assert {"plasticity/l2_init/penalty", "plasticity/parseval/penalty",
             "plasticity/c_chain/penalty"} <= set(tags)  # fmt: skip

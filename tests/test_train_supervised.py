@@ -67,7 +67,7 @@ def stream_for(agent: str, dirs: dict[str, Path]) -> list[str]:
     if agent.startswith("regression"):
         examples = ["stream.kwargs.total_examples=600", "stream.kwargs.bin_size=200"]
         return ["--env", "slowly-changing-regression", *sets(examples)]
-    if agent in ("bp", "l2", "snp", "cbp"):
+    if agent in ("bp", "l2", "snp", "cbp") or agent.startswith("bp-"):
         small = ["stream.kwargs.num_tasks=2", "network.hidden_sizes=[32,32,32]"]
         return ["--env", "online-permuted-mnist", "--data-dir", str(dirs["mnist"]), *sets(small)]
     # one epoch per task (the paper presets, e.g. sdmlp, train 500)

@@ -144,6 +144,21 @@ def ppo_kwargs(cfg: RLRunConfig) -> dict[str, Any]:
     }
 
 
+class MethodsPPO(PPO):
+    """SB3 ``PPO`` that passes each rollout's policy loss to the interventions after training
+    on it (:meth:`~plasticity_rl.methods.base.Method.on_training_loss`): the mean over the
+    rollout's minibatches of the clipped-surrogate loss, which SB3's ``train`` records as
+    ``train/policy_gradient_loss``."""
+
+    methods: dict[str, Method]
+
+    def train(self) -> None:
+        super().train()
+        loss = torch.tensor(self.logger.name_to_value["train/policy_gradient_loss"])
+        for method in self.methods.values():
+            method.on_training_loss(loss)
+
+
 def build_agent(cfg: RLRunConfig, env: VecEnv) -> tuple[PPO, dict[str, Method]]:
     """PPO with the configured networks and optimiser, and the interventions attached."""
     name, optimizer_kwargs = split_spec(cfg.optimizer, "optimizer")
@@ -152,7 +167,7 @@ def build_agent(cfg: RLRunConfig, env: VecEnv) -> tuple[PPO, dict[str, Method]]:
     require(lr > 0, "optimizer.lr", lr, "a number > 0")
     update_clip = optimizer_kwargs.pop("update_clip", None)
     optimizer_class, optimizer_kwargs = sb3_optimizer_args({"name": name, **optimizer_kwargs})
-    model = PPO(
+    model = MethodsPPO(
         PlasticityActorCriticPolicy,
         env,
         learning_rate=lr,
@@ -172,6 +187,7 @@ def build_agent(cfg: RLRunConfig, env: VecEnv) -> tuple[PPO, dict[str, Method]]:
         if method.uses_task_boundaries:
             raise ConfigError(f"method.{name}", name, "methods that need no task boundaries")
         method.attach(policy.networks, policy.optimizer)
+    model.methods = methods
     return model, methods
 
 

@@ -111,6 +111,14 @@ class Method:
     def on_task_end(self, task: Task, model: nn.Module) -> None:
         """Called by the supervised trainer once after the last step on ``task`` (never by PPO)."""
 
+    def on_training_loss(self, losses: Tensor) -> None:
+        """The task loss of the latest update, one value per batched run; ignored by default.
+
+        The supervised trainer passes each run's mean loss after every optimiser step; PPO
+        passes its clipped-surrogate policy loss after each rollout's training (the mean over
+        the rollout's minibatches, as SB3 records it). C-CHAIN scales its coefficient by it.
+        """
+
     def evaluating_task(self, task: int) -> contextlib.AbstractContextManager[None]:
         """The network as it should answer for task ``task`` (0-based) inside the block: the
         supervised trainer evaluates each task inside it. Unchanged by default; EfficientPackNet

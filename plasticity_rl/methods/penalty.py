@@ -101,9 +101,11 @@ class GradientPenalty(Method):
         :meth:`penalty_value` unless a subclass gives the closed form."""
         with torch.enable_grad():
             value = self.penalty_value()
-            if value is None:
-                return [None] * len(self.params)
-            return list(torch.autograd.grad(value, self.params, allow_unused=True))
+            return [None] * len(self.params) if value is None else self.autograd_gradients(value)
+
+    def autograd_gradients(self, value: Tensor) -> list[Tensor | None]:
+        """d value / dp for each tensor of :attr:`params` by autograd (None: unused)."""
+        return list(torch.autograd.grad(value, self.params, allow_unused=True))
 
     def penalty(self) -> float:
         """R(theta) now (0 while inactive)."""

@@ -57,7 +57,8 @@ def train_step(learner: Learner, x: Tensor, y: Tensor, loss: str,
 
     Gradients come from autograd or, for a plain MLP, from the hand-written backward
     (:attr:`Learner.backprop`); batched runs descend on the sum of the runs' mean losses.
-    ``mask`` is added to the output (class masks; it has no gradient).
+    ``mask`` is added to the output (class masks; it has no gradient). The methods get the
+    losses after the step (:meth:`~plasticity_rl.methods.base.Method.on_training_loss`).
     """
     batched = learner.batched
     if learner.backprop is None:
@@ -76,6 +77,8 @@ def train_step(learner: Learner, x: Tensor, y: Tensor, loss: str,
         losses, grad_output = loss_and_gradient(loss, output, y, batched)
         learner.backprop.backward(cache, grad_output)
         learner.backprop.optimizer_step()  # optimizer.step() (or what is left of it, if fused)
+    for method in learner.methods.values():
+        method.on_training_loss(losses)
     return output, losses
 
 
