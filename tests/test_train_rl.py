@@ -116,8 +116,12 @@ CBP_RUN = [
         # optimisers with more state: UPGD's noise comes from the checkpointed torch RNG
         ["--set", "optimizer.name=adaptive_upgd"],
         ["--set", "optimizer.name=trac"],
+        # Kron's float64 state loaded as saved; CBP's resets zero its nested momentum rows
+        ["--set", "optimizer={name: kron, lr: 1.0e-3, weight_decay: 1.0e-4}",
+         "--set", "method.continual_backprop.optimizer_state=zero_moments"],
     ],
-    ids=["dummy", "subproc-vecnormalize", "crelu-dropout-layer-norm-redo", "upgd", "trac"],
+    ids=["dummy", "subproc-vecnormalize", "crelu-dropout-layer-norm-redo", "upgd", "trac",
+         "kron"],
 )  # fmt: skip
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, extra):
     run = [*CBP_RUN, *extra, "--logdir", str(tmp_path)]

@@ -230,6 +230,33 @@ def trac(
                                     "trac_s_prev": s_prev, "trac_eps": eps}  # fmt: skip
 
 
+@OPTIMIZERS.register("kron")
+def kron(
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    beta: float = 0.9,
+    precond_lr: float = 0.1,
+    max_size_triangular: int = 2048,
+    memory_save_mode: str | None = None,
+) -> OptimizerRecipe:
+    """PSGD Kron (Li 2018), heavyball's ``PSGDKron`` with its defaults: theta <- theta - lr P m
+    with momentum m (``beta``) and a learned Kronecker-factored preconditioner P
+    (:mod:`plasticity_rl.optim.kron`). ``weight_decay`` is decoupled here; ``memory_save_mode``
+    (null, ``one_diag``, ``smart_one_diag``, ``all_diag``) makes factors diagonal."""
+    from plasticity_rl.optim.kron import Kron
+
+    _check_lr_and_decay(lr, weight_decay)
+    _check_decay_rate("beta", beta)
+    require(precond_lr > 0, "optimizer.precond_lr", precond_lr, "a number > 0")
+    require(isinstance(max_size_triangular, int) and max_size_triangular >= 1,
+            "optimizer.max_size_triangular", max_size_triangular, "an integer >= 1")  # fmt: skip
+    modes = (None, "one_diag", "smart_one_diag", "all_diag")
+    require(memory_save_mode in modes, "optimizer.memory_save_mode", memory_save_mode, modes)
+    return Kron, {"lr": lr, "weight_decay": weight_decay, "beta": beta, "precond_lr": precond_lr,
+                  "max_size_triangular": max_size_triangular,
+                  "memory_save_mode": memory_save_mode}  # fmt: skip
+
+
 STEP_HOOK_KEYS = ("update_clip", "grad_clip_norm")
 """Spec keys that are not preset kwargs but step hooks (:func:`attach_step_hooks`)."""
 

@@ -32,10 +32,10 @@ from plasticity_rl.registry import require, split_spec
 PER_RUN_LR_OPTIMIZERS = ("sgd", "sgdm")
 """Presets that accept a list of learning rates, one per batched run."""
 
-CROSS_ELEMENT_OPTIMIZERS = ("upgd", "adaptive_upgd", "trac")
+CROSS_ELEMENT_OPTIMIZERS = ("upgd", "adaptive_upgd", "trac", "kron")
 """Presets whose update of an element reads other elements of the whole optimiser (UPGD's
-global utility maximum, TRAC's one scale): a batched run would mix its runs, so they are
-refused there."""
+global utility maximum, TRAC's one scale) or of its tensor (Kron's preconditioner): a batched
+run would mix its runs, so they are refused there."""
 
 
 class PerRunLearningRates:

@@ -12,7 +12,7 @@ per-weight step counts of the reset weights; Sokar et al. 2023 (ReDo) reset Adam
   (Adam's ``exp_avg``/``exp_avg_sq``/``max_exp_avg_sq``, SGD's ``momentum_buffer``, RMSprop's
   ``square_avg``/``grad_avg``/``momentum_buffer``), except Adagrad's ``sum``, which goes back
   to the group's ``initial_accumulator_value``, and TRAC's reference, which is kept; the step
-  count is kept;
+  count is kept (Kron's momentum is zeroed, its Kronecker factors, per tensor, are kept);
 - ``zero_moments_and_step``: also zero the step count of the slice, which needs a per-element
   step count (:class:`plasticity_rl.optim.adam.Adam`); torch's optimisers keep one step count
   per tensor, for which this mode raises :class:`~plasticity_rl.registry.ConfigError`.
@@ -68,9 +68,17 @@ def reset_optimizer_state(
         index = torch.zeros(param.shape[dim], dtype=torch.bool, device=param.device).index_fill_(
             0, index.to(param.device), True
         )
-    select = unit_selector(index, param.dim(), dim)
+    _reset_entries(optimizer, param, state, unit_selector(index, param.dim(), dim), mode)
+
+
+def _reset_entries(optimizer: torch.optim.Optimizer, param: Tensor, state: dict,
+                   select: Tensor, mode: str) -> None:  # fmt: skip
+    """Apply ``mode`` to the ``select``ed elements of each entry of ``state``, and of the dicts
+    nested in it (heavyball's Kron keeps a parameter's state in ``state[p][0]``)."""
     for key, value in list(state.items()):
-        if key == "step":
+        if isinstance(value, dict):
+            _reset_entries(optimizer, param, value, select, mode)
+        elif key == "step":
             if mode != "zero_moments_and_step":
                 continue
             if not (isinstance(value, Tensor) and value.shape == param.shape):
