@@ -40,8 +40,8 @@ from typing import Any
 
 import heavyball
 import heavyball.utils
-import torch
-from torch import Tensor
+
+from plasticity_rl.device import to_device
 
 
 class Kron(heavyball.PSGDKron):
@@ -59,16 +59,5 @@ class Kron(heavyball.PSGDKron):
         params = [p for group in self.param_groups for p in group["params"]]
         for index, param in zip(saved, params, strict=True):
             if index in state_dict["state"]:
-                self.state[param] = _on_device(copy.deepcopy(state_dict["state"][index]),
-                                               param.device)  # fmt: skip
-
-
-def _on_device(value: Any, device: torch.device) -> Any:
-    """``value`` with every tensor in its dicts, lists and tuples moved to ``device``."""
-    if isinstance(value, Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _on_device(v, device) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_on_device(v, device) for v in value)
-    return value
+                self.state[param] = to_device(copy.deepcopy(state_dict["state"][index]),
+                                              param.device)  # fmt: skip
