@@ -7,6 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_batched import (
+    assert_batched_resume_is_exact,
+    assert_same_runs,
+    config,
+    regression_config,
+)
 
 from plasticity_rl.optim import make_optimizer
 from plasticity_rl.optim.runs import make_run_optimizer
@@ -70,8 +76,25 @@ def test_bad_settings_are_config_errors() -> None:
         make_optimizer(net, {"name": "adaptive_upgd", "sigma": -1})
 
 
-@pytest.mark.parametrize("name", ["upgd", "adaptive_upgd", "trac"])
-def test_refused_in_batched_runs(name: str) -> None:
-    # a global utility maximum / one TRAC scale would mix the stacked runs
+def test_trac_is_refused_in_batched_runs() -> None:
+    # one TRAC scale would mix the stacked runs
     with pytest.raises(ConfigError, match="optimizer.name"):
-        make_run_optimizer(torch.nn.Linear(2, 2), name, runs=2)
+        make_run_optimizer(torch.nn.Linear(2, 2), "trac", runs=2)
+
+
+@pytest.mark.parametrize("name", ["upgd", "adaptive_upgd"])
+def test_batched_runs_equal_single_runs(name: str, tmp_path: Path) -> None:
+    # each run's own utility maximum and noise generator: run s is the single run of seed s
+    optimizer = {"name": name, "lr": 0.01, "sigma": 0.1, "beta_utility": 0.9}
+    cfg = regression_config(optimizer=optimizer, stream={"kwargs": {"total_examples": 200,
+                                                                    "bin_size": 100}})  # fmt: skip
+    states = assert_same_runs(cfg, tmp_path)
+    utilities = [state["optimizer"]["state"][0]["avg_utility"] for state in states]
+    assert not torch.equal(utilities[0], utilities[1])
+
+
+def test_batched_runs_resume_exactly(tmp_path: Path, mnist_dir: Path) -> None:
+    cfg = config("permuted-mnist", "bp", data_dir=str(mnist_dir), network={"hidden_sizes": [8]},
+                 optimizer={"name": "adaptive_upgd", "lr": 1e-3, "sigma": 0.1},
+                 train={"batch_size": 16}, stream={"kwargs": {"num_tasks": 2}})  # fmt: skip
+    assert_batched_resume_is_exact(cfg, tmp_path)

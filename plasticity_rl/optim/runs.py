@@ -14,6 +14,11 @@ update clipping are element-wise too. What is per tensor rather than per element
 - our Adam's ``uniform_step`` flag: a reset in one run moves the whole tensor to the
   element-wise bias corrections, which give the same numbers.
 
+UPGD reads across elements (its utility maximum over all weights) and draws noise: batched, it
+takes each run's own maximum and draws each run's noise from that run's generator
+(:attr:`~plasticity_rl.optim.upgd.UPGD.run_generators`, set here), so it too steps each run as
+its single run.
+
 :func:`run_optimizer_state_dict` gives run s's state as a single run's optimiser would save it.
 """
 
@@ -25,17 +30,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from plasticity_rl.nn.layers import BatchedLinear, run_generators
 from plasticity_rl.optim.adam import UNIFORM_STEP
 from plasticity_rl.optim.presets import OPTIMIZERS, STEP_HOOK_KEYS, SpecType, make_optimizer
+from plasticity_rl.optim.upgd import UPGD
 from plasticity_rl.registry import require, split_spec
 
 PER_RUN_LR_OPTIMIZERS = ("sgd", "sgdm")
 """Presets that accept a list of learning rates, one per batched run."""
 
-CROSS_ELEMENT_OPTIMIZERS = ("upgd", "adaptive_upgd", "trac", "kron")
-"""Presets whose update of an element reads other elements of the whole optimiser (UPGD's
-global utility maximum, TRAC's one scale) or of its tensor (Kron's preconditioner): a batched
-run would mix its runs, so they are refused there."""
+CROSS_ELEMENT_OPTIMIZERS = ("trac", "kron")
+"""Presets whose update of an element reads other elements of the whole optimiser (TRAC's one
+scale) or of its tensor (Kron's preconditioner): a batched run would mix its runs, so they are
+refused there. (UPGD's global utility maximum is taken per run: :attr:`UPGD.run_generators`.)"""
 
 
 class PerRunLearningRates:
@@ -104,7 +111,11 @@ def make_run_optimizer(
         "null for batched runs (the norm would mix the runs)",
     )
     if lrs is None:
-        return make_optimizer(model, spec)
+        optimizer = make_optimizer(model, spec)
+        if isinstance(optimizer, UPGD):  # per-run maxima and noise
+            layer = next(m for m in model.modules() if isinstance(m, BatchedLinear))
+            optimizer.run_generators = run_generators(layer)
+        return optimizer
     lrs = list(lrs)
     require(name in PER_RUN_LR_OPTIMIZERS, "optimizer.lr", lrs,
             f"one number for {name} (a per-run list needs {' or '.join(PER_RUN_LR_OPTIMIZERS)}: "

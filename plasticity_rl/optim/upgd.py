@@ -22,8 +22,10 @@ Parameters without a gradient are skipped (the authors' code fails on them). One
 a plain bug: when the largest utility is exactly 0 (e.g. all gradients zero), their ratio is
 0/0 = NaN and poisons the weights; here that ratio is taken as 0 (s = 1/2).
 
-Because the scale is global, a batched run (several seeds stacked in one tensor) would mix the
-seeds; ``plasticity_rl.optim.runs`` refuses it.
+In a batched network (S runs stacked along a leading run dim of every parameter;
+:mod:`plasticity_rl.optim.runs` sets :attr:`UPGD.run_generators`) each run scales by its own
+largest utility and draws its noise from its own generator on the CPU, parameter by parameter,
+so run s steps exactly as a single run seeded the same way.
 """
 
 from __future__ import annotations
@@ -70,6 +72,18 @@ class UPGD(torch.optim.Optimizer):
             eps=eps,
         )
         super().__init__(params, defaults)
+        self.run_generators: list[torch.Generator] | None = None
+        """The runs' generators in a batched network (every parameter then has the leading run
+        dim); None: one run, noise from torch's global generator."""
+
+    def _noise_like(self, p: Tensor) -> Tensor:
+        """N(0, 1) noise shaped like ``p``, each run's from its own generator if batched."""
+        if self.run_generators is None:
+            return torch.randn_like(p)
+        noise = torch.empty(p.shape, dtype=p.dtype)
+        for n, generator in zip(noise, self.run_generators, strict=True):
+            n.normal_(generator=generator)
+        return noise.to(p.device)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # noqa: D102
@@ -96,13 +110,16 @@ class UPGD(torch.optim.Optimizer):
                 beta1, beta2 = group["betas"]
                 state["exp_avg"].mul_(beta1).add_(p.grad, alpha=1 - beta1)
                 state["exp_avg_sq"].mul_(beta2).add_(p.grad**2, alpha=1 - beta2)
-            maxima.append(state["avg_utility"].max())
-        global_max = torch.stack(maxima).max()
+            utilities = state["avg_utility"]
+            batched = self.run_generators is not None
+            maxima.append(utilities.flatten(1).max(1).values if batched else utilities.max())
+        global_max = torch.stack(maxima).max(0).values if batched else torch.stack(maxima).max()
         for group, p in stepped:
             state = self.state[p]
-            noise = torch.randn_like(p.grad) * group["sigma"]
+            noise = self._noise_like(p.grad) * group["sigma"]
             utility = state["avg_utility"] / (1 - group["beta_utility"] ** state["step"])
-            ratio = utility / global_max
+            run_max = global_max.view(-1, *[1] * (p.dim() - 1)) if batched else global_max
+            ratio = utility / run_max
             ratio = torch.nan_to_num(ratio, nan=0.0, posinf=torch.inf, neginf=-torch.inf)
             keep = 1 - torch.sigmoid(ratio)
             if group["adaptive"]:
