@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_batched import assert_batched_resume_is_exact, assert_same_runs, config, regression_config
 
 from plasticity_rl.optim import make_optimizer, reset_optimizer_state
 from plasticity_rl.optim.trac import TRAC_STATE, erfi, trac_class
@@ -100,3 +101,19 @@ def test_bad_settings_are_config_errors() -> None:
         make_optimizer(net, {"name": "trac", "base": "trac"})
     with pytest.raises(ConfigError, match="optimizer.betas"):
         make_optimizer(net, {"name": "trac", "betas": [1.0]})
+
+
+def test_batched_runs_equal_single_runs_each_with_its_own_scale(tmp_path: Path) -> None:
+    optimizer = {"name": "trac", "lr": 0.01, "base": "sgd"}
+    cfg = regression_config(optimizer=optimizer, stream={"kwargs": {"total_examples": 200,
+                                                                    "bin_size": 100}})  # fmt: skip
+    states = assert_same_runs(cfg, tmp_path)  # the runs' checkpoints hold their own (6,) scales
+    scales = [state["optimizer"]["param_groups"][0]["trac"]["s"] for state in states]
+    assert scales[0].shape == (6,) and not torch.equal(scales[0], scales[1])
+
+
+def test_batched_runs_resume_exactly(tmp_path: Path, mnist_dir: Path) -> None:
+    cfg = config("permuted-mnist", "bp", data_dir=str(mnist_dir), network={"hidden_sizes": [8]},
+                 optimizer={"name": "trac", "lr": 1e-3, "base": "adam"},
+                 train={"batch_size": 16}, stream={"kwargs": {"num_tasks": 2}})  # fmt: skip
+    assert_batched_resume_is_exact(cfg, tmp_path)

@@ -15,7 +15,6 @@ from test_batched import (
 )
 
 from plasticity_rl.optim import make_optimizer
-from plasticity_rl.optim.runs import make_run_optimizer
 from plasticity_rl.optim.upgd import UPGD
 from plasticity_rl.registry import ConfigError
 
@@ -74,12 +73,6 @@ def test_bad_settings_are_config_errors() -> None:
         make_optimizer(net, {"name": "upgd", "beta_utility": 1.0})
     with pytest.raises(ConfigError, match="optimizer.sigma"):
         make_optimizer(net, {"name": "adaptive_upgd", "sigma": -1})
-
-
-def test_trac_is_refused_in_batched_runs() -> None:
-    # one TRAC scale would mix the stacked runs
-    with pytest.raises(ConfigError, match="optimizer.name"):
-        make_run_optimizer(torch.nn.Linear(2, 2), "trac", runs=2)
 
 
 @pytest.mark.parametrize("name", ["upgd", "adaptive_upgd"])

@@ -17,7 +17,8 @@ update clipping are element-wise too. What is per tensor rather than per element
 UPGD reads across elements (its utility maximum over all weights) and draws noise: batched, it
 takes each run's own maximum and draws each run's noise from that run's generator
 (:attr:`~plasticity_rl.optim.upgd.UPGD.run_generators`, set here), so it too steps each run as
-its single run.
+its single run. TRAC's scale is one per run (``runs``, set here): its group state
+(``param_groups[0]["trac"]``) has a leading run dim, sliced and stacked with the rest.
 
 :func:`run_optimizer_state_dict` gives run s's state as a single run's optimiser would save it.
 """
@@ -33,16 +34,17 @@ from torch import Tensor, nn
 from plasticity_rl.nn.layers import BatchedLinear, run_generators
 from plasticity_rl.optim.adam import UNIFORM_STEP
 from plasticity_rl.optim.presets import OPTIMIZERS, STEP_HOOK_KEYS, SpecType, make_optimizer
+from plasticity_rl.optim.trac import TRAC_GROUP_KEY
 from plasticity_rl.optim.upgd import UPGD
 from plasticity_rl.registry import require, split_spec
 
 PER_RUN_LR_OPTIMIZERS = ("sgd", "sgdm")
 """Presets that accept a list of learning rates, one per batched run."""
 
-CROSS_ELEMENT_OPTIMIZERS = ("trac", "kron")
-"""Presets whose update of an element reads other elements of the whole optimiser (TRAC's one
-scale) or of its tensor (Kron's preconditioner): a batched run would mix its runs, so they are
-refused there. (UPGD's global utility maximum is taken per run: :attr:`UPGD.run_generators`.)"""
+CROSS_ELEMENT_OPTIMIZERS = ("kron",)
+"""Presets whose update of an element reads other elements of its tensor (Kron's
+preconditioner): a batched run would mix its runs, so they are refused there. (UPGD's global
+utility maximum and TRAC's scale are taken per run: see the module docstring.)"""
 
 
 class PerRunLearningRates:
@@ -115,6 +117,8 @@ def make_run_optimizer(
         if isinstance(optimizer, UPGD):  # per-run maxima and noise
             layer = next(m for m in model.modules() if isinstance(m, BatchedLinear))
             optimizer.run_generators = run_generators(layer)
+        if name == "trac":  # one scale per run
+            optimizer.runs = runs  # type: ignore[attr-defined]
         return optimizer
     lrs = list(lrs)
     require(name in PER_RUN_LR_OPTIMIZERS, "optimizer.lr", lrs,
@@ -157,6 +161,9 @@ def run_optimizer_state_dict(optimizer: torch.optim.Optimizer, run: int) -> dict
             sliced["momentum_buffer"] = buffer / lr if lr != 0 and buffer is not None else buffer
         run_state[index] = sliced
     groups = [dict(group) for group in state["param_groups"]]
+    for group in groups:
+        if TRAC_GROUP_KEY in group:
+            group[TRAC_GROUP_KEY] = {k: v[run].clone() for k, v in group[TRAC_GROUP_KEY].items()}
     if per_run_lr is not None:
         for group in groups:
             group.update(lr=per_run_lr.lrs[run], weight_decay=per_run_lr.weight_decay)
@@ -190,6 +197,11 @@ def load_run_optimizer_states(optimizer: torch.optim.Optimizer,
                 entry[key] = value
         stacked[index] = entry
     groups = optimizer.state_dict()["param_groups"]
+    for i, group in enumerate(groups):
+        if TRAC_GROUP_KEY in states[0]["param_groups"][i]:
+            runs_state = [state["param_groups"][i][TRAC_GROUP_KEY] for state in states]
+            group[TRAC_GROUP_KEY] = {k: torch.stack([r[k] for r in runs_state])
+                                     for k in runs_state[0]}  # fmt: skip
     optimizer.load_state_dict({"state": stacked, "param_groups": groups})
 
 

@@ -26,6 +26,10 @@ off by up to about 1%: 0.11203 for erfi(0.1) = 0.11322), the rest in float32 as 
 :data:`TRAC_STATE` holds the reference per parameter; the scale's state lives in the first
 parameter group (saved and restored with ``state_dict``). A unit reset leaves the reference
 alone (the unit's new values enter Delta at the next step).
+
+In a batched network (S runs stacked along a leading run dim of every parameter;
+:mod:`plasticity_rl.optim.runs` sets ``runs`` on the optimiser) every run has its own scale:
+h_t is summed within each run, and the group state holds one row per run, ``(S, len(betas))``.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ from torch import Tensor
 
 TRAC_STATE = "trac_reference"
 """Per-parameter state key of theta_ref (not a moment: unit resets keep it)."""
-_GROUP_KEY = "trac"
+TRAC_GROUP_KEY = "trac"
+"""The key of the scale's state in the first parameter group."""
 DEFAULT_BETAS = (0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999)
 
 
@@ -78,31 +83,42 @@ class _TracStep:
 
     def _trac_update(self, params: list[Tensor], before: list[Tensor], grads: list[Tensor]) -> None:
         group, device = self.param_groups[0], params[0].device
+        runs: int | None = getattr(self, "runs", None)
         betas = torch.tensor(group["trac_betas"], device=device)
-        if _GROUP_KEY not in group:
-            group[_GROUP_KEY] = {"s": torch.zeros_like(betas), "variance": torch.zeros_like(betas),
-                                 "sigma": torch.full_like(betas, 1e-8)}  # fmt: skip
-        trac = group[_GROUP_KEY]
+        if TRAC_GROUP_KEY not in group:
+            zeros = betas.new_zeros(betas.shape if runs is None else (runs, len(betas)))
+            group[TRAC_GROUP_KEY] = {"s": zeros, "variance": zeros.clone(),
+                                 "sigma": torch.full_like(zeros, 1e-8)}  # fmt: skip
+        trac = group[TRAC_GROUP_KEY]
         if trac["s"].device != device:  # a checkpoint's group state loads onto the CPU
-            trac = group[_GROUP_KEY] = {k: v.to(device) for k, v in trac.items()}
+            trac = group[TRAC_GROUP_KEY] = {k: v.to(device) for k, v in trac.items()}
         eps, s_prev = group["trac_eps"], group["trac_s_prev"]
         for p, theta in zip(params, before, strict=True):
             if TRAC_STATE not in self.state[p]:
                 self.state[p][TRAC_STATE] = theta.clone()
-        s_sum = trac["s"].sum()
-        deltas, h = [], torch.zeros((), device=device)
+        s_sum = trac["s"].sum(-1)
+        deltas, h = [], s_sum.new_zeros(s_sum.shape)
         for p, theta, g in zip(params, before, grads, strict=True):
-            delta = (theta - self.state[p][TRAC_STATE]) / (s_sum + eps)
-            h += torch.dot(delta.flatten(), g.flatten())
+            delta = (theta - self.state[p][TRAC_STATE]) / _per_run(s_sum + eps, theta, runs)
+            if runs is None:
+                h += torch.dot(delta.flatten(), g.flatten())
+            else:
+                h += (delta * g).flatten(1).sum(1)
             deltas.append(delta.add_(p - theta))
+        h = h.unsqueeze(-1)
         trac["variance"].mul_(betas**2).add_(h**2)
         trac["sigma"].mul_(betas).sub_(h)
         first = torch.tensor(s_prev, device=device) / _ERFI_OF_INV_SQRT2.to(device)
         ratio = trac["sigma"] / (_SQRT2 * trac["variance"].sqrt() + eps)
         trac["s"].copy_(first * erfi(ratio).float())
-        scale = torch.clamp(trac["s"].sum(), min=0.0)
+        scale = torch.clamp(trac["s"].sum(-1), min=0.0)
         for p, delta in zip(params, deltas, strict=True):
-            p.copy_(self.state[p][TRAC_STATE] + delta * scale)
+            p.copy_(self.state[p][TRAC_STATE] + delta * _per_run(scale, p, runs))
+
+
+def _per_run(value: Tensor, like: Tensor, runs: int | None) -> Tensor:
+    """A per-run value (one per run, or one number) shaped to broadcast against ``like``."""
+    return value if runs is None else value.view(-1, *[1] * (like.dim() - 1))
 
 
 @functools.cache
