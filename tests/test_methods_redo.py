@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from stand_ins import assert_composes_and_resumes
+from test_batched import assert_batched_resume_is_exact, assert_same_runs, config, regression_config
 from torch import nn
 
 from plasticity_rl.methods import ReDo, ReGraMa
@@ -87,6 +88,48 @@ def test_a_crelu_unit_is_scored_on_its_two_features_together():
     assert torch.equal(net.output.weight[:, [2, 3, 6, 7]], old.output.weight[:, [2, 3, 6, 7]])
 
 
+@pytest.mark.parametrize(("score_over", "resets"), [("batch", 1), ("period", 0)])
+def test_period_scores_average_the_examples_since_the_last_check(score_over, resets):
+    # Hidden ReLU units W = [[1, 0], [0, 1], [1, -1]], no bias: x1 = (1, 0) gives h = (1, 0, 1),
+    # x2 = (1, 2) gives h = (1, 2, 0). Batch: at step 2, s = (1, 2, 0) / 1 -> unit 2 dormant.
+    # Period: sums (2, 2, 1), mean 5/3, s = (1.2, 1.2, 0.6) -> none at tau 0.1.
+    net = build_mlp(2, [3], 1)
+    with torch.no_grad():
+        net.hidden[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]]))
+        net.hidden[0].bias.zero_()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    redo = ReDo(tau=0.1, period=2, score_over=score_over)
+    redo.attach(net, optimizer)
+    for x in ([[1.0, 0.0]], [[1.0, 2.0]]):
+        optimizer.zero_grad()
+        net(torch.tensor(x)).sum().backward()
+        optimizer.step()
+        if len(redo.sums):
+            assert redo.state_dict()["sums"]["hidden1"].tolist() == [1.0, 0.0, 1.0]
+    assert redo.stats() == {"hidden1/resets": float(resets)} and redo.sums == {}
+    with pytest.raises(ConfigError, match=r"redo.score_over: got 'steps'; allowed: "):
+        ReDo(score_over="steps")
+
+
+def test_period_sums_resume_exactly():  # saved mid-period, with sums
+    spec = {"tau": 0.3, "period": 3, "score_over": "period"}
+    assert_composes_and_resumes({"redo": spec}, steps=13)
+    assert_composes_and_resumes({"regrama": spec}, steps=13)
+
+
+@pytest.mark.parametrize("name", ["redo", "regrama"])
+def test_period_scores_in_batched_runs_equal_single_runs_and_resume(name, tmp_path, mnist_dir):
+    spec = {name: {"tau": 0.5, "period": 7, "score_over": "period"}}
+    short = {"kwargs": {"total_examples": 200, "bin_size": 100}}
+    (tmp_path / "same").mkdir()
+    assert_same_runs(regression_config(method=spec, stream=short), tmp_path / "same")
+    cfg = config("permuted-mnist", "bp", data_dir=str(mnist_dir), method=spec,
+                 network={"hidden_sizes": [8]}, train={"batch_size": 16},
+                 stream={"kwargs": {"num_tasks": 2}})  # fmt: skip
+    (tmp_path / "resume").mkdir()
+    assert_batched_resume_is_exact(cfg, tmp_path / "resume")
+
+
 def test_step_count_is_restored_from_the_state_dict():
     # Two of three steps done before saving: the resumed method resets at its first step.
     net = _net_with_constant_units()
@@ -96,7 +139,7 @@ def test_step_count_is_restored_from_the_state_dict():
     for _ in range(2):
         _step(net, optimizer)
     state = redo.state_dict()
-    assert state == {"counts": {"hidden1": 0.0}, "steps": 2}
+    assert state == {"counts": {"hidden1": 0.0}, "steps": 2, "sums": {}}
 
     resumed = ReDo(period=3)
     twin = copy.deepcopy(net)

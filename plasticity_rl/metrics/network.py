@@ -95,11 +95,17 @@ def dormancy_scores(h: Tensor, run_dims: int = 0) -> Tensor:
     With ``run_dims = r`` the first r dims of ``h`` are independent runs (batched networks),
     each scored on its own: ``s`` is then ``(*h.shape[:r], n_units)``.
     """
+    return normalised_by_layer_mean(activation_magnitudes(h, run_dims))
+
+
+def activation_magnitudes(h: Tensor, run_dims: int = 0) -> Tensor:
+    """Each unit's mean |h_ij| over the rows i of ``h`` (the numerator of
+    :func:`dormancy_scores`), with the first ``run_dims`` dims kept as runs."""
     rows = h.detach().reshape(*h.shape[:run_dims], -1, h.shape[-1])
-    return _normalised_by_layer_mean(rows.abs().mean(dim=-2))
+    return rows.abs().mean(dim=-2)
 
 
-def _normalised_by_layer_mean(magnitude: Tensor) -> Tensor:
+def normalised_by_layer_mean(magnitude: Tensor) -> Tensor:
     """m_j / ((1/n_units) sum_k m_k) over the last dim; all zeros where the layer sum is 0."""
     layer_mean = magnitude.mean(dim=-1, keepdim=True)
     return torch.where(layer_mean > 0, magnitude / layer_mean, torch.zeros_like(magnitude))
@@ -118,7 +124,13 @@ def grama_scores(weight_grad: Tensor) -> Tensor:
     score is 0. Leading dims before ``(n_units, n_inputs)`` are independent runs (a batched
     weight ``(S, n_units, n_inputs)`` gives ``(S, n_units)``), each scored on its own.
     """
-    return _normalised_by_layer_mean(weight_grad.detach().abs().mean(dim=-1))
+    return normalised_by_layer_mean(gradient_magnitudes(weight_grad))
+
+
+def gradient_magnitudes(weight_grad: Tensor) -> Tensor:
+    """Each unit's mean |g_jl| over its incoming weights l (the numerator of
+    :func:`grama_scores`), leading run dims kept."""
+    return weight_grad.detach().abs().mean(dim=-1)
 
 
 def grama_dormant_fraction(weight_grad: Tensor, tau: float = 0.0) -> float:
@@ -132,10 +144,17 @@ def hidden_layer_grama_scores(layer: HiddenLayer) -> Tensor | None:
     """:func:`grama_scores` of a hidden layer's units from its incoming weight's current
     ``.grad`` (a conv channel scored over its whole kernel), with the layer's run dims; None
     when the weight has no gradient."""
+    magnitudes = hidden_layer_gradient_magnitudes(layer)
+    return None if magnitudes is None else normalised_by_layer_mean(magnitudes)
+
+
+def hidden_layer_gradient_magnitudes(layer: HiddenLayer) -> Tensor | None:
+    """:func:`gradient_magnitudes` of a hidden layer's units from its incoming weight's current
+    ``.grad`` (a conv channel over its whole kernel); None when the weight has no gradient."""
     grad = layer_parameter(layer.incoming).grad
     if grad is None:
         return None
-    return grama_scores(grad.flatten(1) if layer.convolutional else grad)
+    return gradient_magnitudes(grad.flatten(1) if layer.convolutional else grad)
 
 
 def dormant_ratio(h: Tensor, tau: float = 0.0) -> float:
