@@ -98,8 +98,11 @@ class TrialJob:
     @property
     def live_log(self) -> Path:
         """Where the script's output goes while it runs: next to the run directories (the
-        script creates those itself), ``<setting>__s<seed>[,<seed>...].trial.log``."""
-        return self.run_dirs[0].parent / f"{self.name.rpartition('/')[2]}.{TRIAL_LOG}"
+        script creates those itself), ``<setting>__s<seed>[,<seed>...].<pid>.trial.log``: the
+        process id keeps two sweeps that reach the same trial from sharing (and moving) one
+        file; the second finds the runs locked or settled and says so in its own log."""
+        name = self.name.rpartition("/")[2]
+        return self.run_dirs[0].parent / f"{name}.{os.getpid()}.{TRIAL_LOG}"
 
     def script_argv(self) -> list[str]:
         """The script's arguments for this job's action (``--resume`` for ``resume``)."""
