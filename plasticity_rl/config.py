@@ -151,6 +151,11 @@ def resolve(schema: type[T], *layers: dict[str, Any], overrides: Sequence[str] =
     for item in overrides:
         if "=" not in item:
             raise ConfigError("--set", item, "key=value, e.g. ppo.n_steps=1024")
+        try:
+            OmegaConf.from_dotlist([item])
+        except yaml.YAMLError:
+            raise ConfigError("--set", item, "key=value with a YAML value (a space after each "
+                              "colon of a mapping: 'key={a: 1}')") from None  # fmt: skip
     try:
         merged = OmegaConf.merge(
             OmegaConf.structured(schema), *layers, OmegaConf.from_dotlist(list(overrides))

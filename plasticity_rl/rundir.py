@@ -206,6 +206,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def lock_holder(run_dir: Path) -> int | None:
+    """The process id in ``run_dir``'s lock if another live process holds it; None if the run
+    is free (no lock, a lock of this process, or one left by a process that is gone)."""
+    try:
+        pid = int((run_dir / LOCK).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid and pid != os.getpid() and _alive(pid) else None
+
+
 class RunLock:
     """``run.pid`` in a run directory while a process trains it; a second process is refused.
 
@@ -223,11 +233,8 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and pid != os.getpid() and _alive(pid):
+                pid = lock_holder(self.path.parent)
+                if pid is not None:
                     raise ConfigError("run directory", str(self.path.parent),
                                       f"one not being trained (process {pid} holds "
                                       f"{self.path})") from None  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sys
@@ -12,8 +13,15 @@ import pytest
 import yaml
 
 from plasticity_rl.config import REPO_ROOT, to_yaml
-from plasticity_rl.experiments.runner import CHECKPOINT, parse_data_dirs, plan
+from plasticity_rl.experiments.runner import (
+    CHECKPOINT,
+    parse_data_dirs,
+    plan,
+    run_trial,
+    summary,
+)
 from plasticity_rl.experiments.spec import load_experiment, resolve_trial
+from plasticity_rl.rundir import LOCK
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from sweep import main  # noqa: E402
@@ -245,6 +253,53 @@ def test_plan_batches_the_unfinished_seeds_of_a_setting_and_restarts_them(tmp_pa
                                                   ("reg/cbp__s2", "run")]  # fmt: skip
     bp = logdir / "reg" / "bp"
     assert f"--resume {bp}__s1 {bp}__s2 --no-progress" in jobs[0].command_line()
+
+
+def test_a_run_another_process_trains_is_left_alone(tmp_path):
+    exp = load_experiment(write_spec(tmp_path, REGRESSION, "reg"))
+    logdir = tmp_path.resolve()
+    trials = {t.run_name: t for t in exp.trials}
+    for seed in range(3):  # bp: seed 0 trained by a live process (no checkpoint yet), 1-2 fresh
+        make_run(logdir, trials[f"reg/cbp__s{seed}"], "results.json")
+    make_run(logdir, trials["reg/bp__s0"], LOCK)
+    (logdir / "reg" / "bp__s0" / LOCK).write_text(f"{os.getppid()}\n")
+    jobs, settled = plan(exp, logdir)
+    assert [(j.name, j.action, j.planned) for j in jobs] == [
+        ("reg/bp__s1,2", "run", ["run", "run"])]  # fmt: skip
+    held = next(o for o in settled if o.name == "reg/bp__s0")
+    assert held.status == "skipped" and held.message == f"process {os.getppid()} trains it"
+    # the lock of a process that is gone is no one's: the run restarts
+    (logdir / "reg" / "bp__s0" / LOCK).write_text("999999999\n")
+    jobs, _ = plan(exp, logdir)
+    assert [(j.name, j.action) for j in jobs] == [("reg/bp__s0,1,2", "restart")]
+
+
+@pytest.mark.parametrize("change", ["finished", "checkpointed", "started"])
+def test_a_trial_whose_runs_changed_since_the_plan_is_skipped_untouched(change, tmp_path,
+                                                                         monkeypatch):  # fmt: skip
+    """Two sweeps of one experiment: what the other did after this one planned is kept."""
+    exp = load_experiment(write_spec(tmp_path, REGRESSION, "reg"))
+    logdir = tmp_path.resolve()
+    trials = {t.run_name: t for t in exp.trials}
+    make_run(logdir, trials["reg/bp__s0"])  # interrupted before a checkpoint
+    jobs, _ = plan(exp, logdir)
+    job = next(j for j in jobs if j.name == "reg/bp__s0,1,2")
+    assert job.action == "restart" and job.planned == ["restart", "run", "run"]
+    other = {"finished": ("bp__s0", "results.json"), "checkpointed": ("bp__s0", str(CHECKPOINT)),
+             "started": ("bp__s2", "config.yaml")}[change]  # fmt: skip
+    (logdir / "reg" / other[0] / other[1]).parent.mkdir(parents=True, exist_ok=True)
+    (logdir / "reg" / other[0] / other[1]).write_text("{}")
+    monkeypatch.setattr("plasticity_rl.experiments.runner.load_script_main",
+                        lambda script: pytest.fail("the script ran"))  # fmt: skip
+    outcome = run_trial(job)
+    assert outcome.status == "skipped"
+    after = {"finished": "restart -> skip", "checkpointed": "restart -> resume",
+             "started": "run -> restart"}[change]  # fmt: skip
+    assert f"{other[0]}: {after}" in outcome.message
+    assert (logdir / "reg" / other[0] / other[1]).is_file()  # nothing deleted
+    assert not list((logdir / "reg").glob("*trial.log"))  # nothing written
+    # the summary says why
+    assert "reg/bp__s0,1,2 skipped: its runs changed" in summary([outcome])
 
 
 def test_online_permuted_settings_are_batched_when_their_dataset_is_on_disk(

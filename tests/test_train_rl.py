@@ -200,6 +200,8 @@ OK = ["--env", "hopper-friction", "--agent", "ppo"]
         ([*OK, "--set", "optimizer.name=adamw"], r"optimizer: got 'adamw'; allowed: adagrad, adam"),
         ([*OK, "--set", "policy_net.activation=relux"], r"activation: got 'relux'"),
         ([*OK, "--set", "ppo.n_steps"], r"--set: got 'ppo.n_steps'; allowed: key=value"),
+        ([*OK, "--set", "method.reset_layers={layers:[pi]}"],
+         r"--set: got 'method.reset_layers=\{layers:\[pi\]\}'; allowed: key=value with a YAML"),
         ([*OK, "--set", "env.kwargs.frictoin=1"], r"env.kwargs: got 'frictoin'; allowed: the "
                                                   r"keywords of plasticity_rl/HopperFriction-v5"),
         ([*OK, "--set", "optimizer.lr=abc"], r"optimizer.lr: got 'abc'; allowed: a finite number"),

@@ -26,7 +26,13 @@ Restarting a sweep:
   when every one of them has a checkpoint, else deleted and started again together;
   ``batch=False`` (``--no-batch``) resumes or restarts them one by one instead;
 - a run directory whose ``config.yaml`` differs from the trial's config is reported as a
-  failure and left alone (another scale or an edited preset: use another ``--logdir``).
+  failure and left alone (another scale or an edited preset: use another ``--logdir``);
+- a run that another live process trains (its ``run.pid`` lock) is skipped with a note.
+
+A trial's runs are looked at again right before it starts (:func:`state_change`): if any of
+them changed since the plan (another sweep of the same experiment finished, started or
+checkpointed it), the trial is skipped with a note and nothing is deleted; the next sweep
+plans it afresh. Two sweeps of one experiment may therefore run side by side.
 
 Executors: :func:`run_local` runs the trials one after another in this process;
 :func:`run_ray` runs them as Ray tasks (one CPU and one torch thread each), on a local Ray
@@ -58,7 +64,7 @@ from plasticity_rl.config import REPO_ROOT
 from plasticity_rl.experiments.results import flatten
 from plasticity_rl.experiments.spec import Experiment, Trial, resolve_trial, script
 from plasticity_rl.registry import ConfigError
-from plasticity_rl.rundir import CHECKPOINT, read_status
+from plasticity_rl.rundir import CHECKPOINT, lock_holder, read_status
 
 TRIAL_LOG = "trial.log"
 SIGNAL_EXITS = (129, 130, 143)
@@ -90,6 +96,8 @@ class TrialJob:
     evaluate: dict[str, Any] = field(default_factory=dict)
     note: str = ""
     """Why the setting's seeds are not batched, when batching them was tried and refused."""
+    planned: list[str] = field(default_factory=list)
+    """Each run's :func:`run_state` when the job was planned (checked again before it runs)."""
 
     @property
     def batched(self) -> bool:
@@ -136,6 +144,37 @@ def run_is_complete(run_dir: Path) -> bool:
     if (run_dir / "results.json").is_file():
         return True
     return read_status(run_dir).get("state") in ("complete", "diverged")
+
+
+def run_state(run_dir: Path, evaluate: Mapping[str, Any]) -> str:
+    """What a sweep would do with ``run_dir`` now: ``run`` (no directory yet), ``held`` (another
+    live process trains it), ``skip`` (finished, its evaluations made), ``evaluate``
+    (finished, evaluations missing), ``resume`` (a checkpoint) or ``restart`` (none)."""
+    if not run_dir.exists():
+        return "run"
+    if lock_holder(run_dir) is not None:
+        return "held"
+    if run_is_complete(run_dir):
+        return "evaluate" if evaluations_missing(run_dir, evaluate) else "skip"
+    return "resume" if (run_dir / CHECKPOINT).is_file() else "restart"
+
+
+def state_change(job: TrialJob) -> str:
+    """Which of the job's runs changed since it was planned ("" if none), as a note."""
+    changes = []
+    for run_dir, before in zip(job.run_dirs, job.planned, strict=True):
+        now = run_state(run_dir, job.evaluate)
+        if now != before:
+            holder = lock_holder(run_dir)
+            why = f" (process {holder} trains it)" if holder is not None else ""
+            changes.append(f"{run_dir.name}: {before} -> {now}{why}")
+    if not changes:
+        return ""
+    return (
+        "its runs changed since the sweep planned it, another sweep at work? ("
+        + "; ".join(changes)
+        + "); left alone, the next sweep plans it again"
+    )
 
 
 def evaluations_missing(run_dir: Path, evaluate: Mapping[str, Any]) -> bool:
@@ -230,21 +269,22 @@ def _plan_run(
     job = TrialJob(
         trial.run_name, trial.script, [run_dir], "run", argv, data_dir, dict(experiment.evaluate)
     )
-    if not run_dir.exists():
-        return cfg, job
-    difference = config_difference(run_dir, cfg)
-    if difference:
-        message = (
-            f"{run_dir} exists with a different config ({difference}); "
-            "use another --logdir or remove it"
-        )
-        return cfg, TrialOutcome(trial.run_name, "failed", [run_dir], message=message)
-    if run_is_complete(run_dir):
-        if not evaluations_missing(run_dir, experiment.evaluate):
-            return cfg, TrialOutcome(trial.run_name, "skipped", [run_dir])
-        job.action = "evaluate"
-    else:
-        job.action = "resume" if (run_dir / CHECKPOINT).is_file() else "restart"
+    if run_dir.exists():
+        difference = config_difference(run_dir, cfg)
+        if difference:
+            message = (
+                f"{run_dir} exists with a different config ({difference}); "
+                "use another --logdir or remove it"
+            )
+            return cfg, TrialOutcome(trial.run_name, "failed", [run_dir], message=message)
+    state = run_state(run_dir, experiment.evaluate)
+    if state == "skip":
+        return cfg, TrialOutcome(trial.run_name, "skipped", [run_dir])
+    if state == "held":
+        message = f"process {lock_holder(run_dir)} trains it"
+        return cfg, TrialOutcome(trial.run_name, "skipped", [run_dir], message=message)
+    job.action = state
+    job.planned = [state]
     return cfg, job
 
 
@@ -281,6 +321,7 @@ def _batch(
             argv,
             data_dir,
             runs[0].evaluate,
+            planned=[job.action for job in runs],
         )
     ]
 
@@ -360,7 +401,8 @@ def load_script_main(name: str) -> Any:
 
 def run_trial(job: TrialJob) -> TrialOutcome:
     """Run one trial in this process; its output is appended to ``trial.log`` in each of its
-    run directories.
+    run directories. A trial whose runs changed since the plan (:func:`state_change`) is
+    skipped without touching them.
 
     The log is written to :attr:`TrialJob.live_log` while the script runs (the script creates
     the run directories itself) and moved into them at the end. A failure is an outcome; a
@@ -369,6 +411,9 @@ def run_trial(job: TrialJob) -> TrialOutcome:
     """
     import torch
 
+    changed = state_change(job)
+    if changed:
+        return TrialOutcome(job.name, "skipped", job.run_dirs, message=changed)
     torch.set_num_threads(1)
     start = time.time()
     live_log = job.live_log
@@ -492,6 +537,9 @@ def summary(outcomes: Sequence[TrialOutcome]) -> str:
         names = [o.name for o in outcomes if o.status == status]
         if names:
             lines.append(f"  {status}: {', '.join(names)}")
+    for o in outcomes:
+        if o.status == "skipped" and o.message:
+            lines.append(f"  {o.name} skipped: {o.message}")
     for o in outcomes:
         if o.status == "failed":
             where = o.run_dirs[0] if len(o.run_dirs) == 1 else o.run_dirs[0].parent
