@@ -201,9 +201,22 @@ def sample_normal(layer: nn.Linear, like: Tensor) -> Tensor:
     plain layer, where this equals ``torch.randn_like(like)``).
     """
     noise = torch.empty_like(like, device=draw_device(layer))
-    for n, generator in zip(with_run_dim(noise, layer), run_generators(layer), strict=True):
-        n.normal_(generator=generator)
+    normal_per_run_(with_run_dim(noise, layer), run_generators(layer))
     return noise.to(like.device)
+
+
+def normal_per_run_(tensor: Tensor, generators: Sequence[torch.Generator | None]) -> Tensor:
+    """Fill ``tensor`` ``(S, ...)`` with N(0, 1) in place, run s's slice from ``generators[s]``
+    (None: torch's global generator); returns ``tensor``."""
+    for run, generator in zip(tensor, generators, strict=True):
+        run.normal_(generator=generator)
+    return tensor
+
+
+def per_run(values: Tensor, like: Tensor) -> Tensor:
+    """One value per run, ``(S,)``, viewed ``(S, 1, ..., 1)`` to broadcast against a tensor
+    ``like`` of shape ``(S, ...)``."""
+    return values.view(-1, *[1] * (like.dim() - 1))
 
 
 def draw_device(layer: nn.Module) -> torch.device:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from plasticity_rl.nn.layers import BatchedLinear, run_generators
+from plasticity_rl.nn.layers import BatchedLinear, per_run, run_generators
 from plasticity_rl.optim.adam import UNIFORM_STEP
 from plasticity_rl.optim.presets import OPTIMIZERS, STEP_HOOK_KEYS, SpecType, make_optimizer
 from plasticity_rl.optim.trac import TRAC_GROUP_KEY
@@ -65,7 +65,7 @@ class PerRunLearningRates:
         if params and self._scale.device != params[0].device:
             self._scale = self._scale.to(params[0].device)
         grads = [p.grad for p in params]
-        scales = [self._scale.view(-1, *[1] * (g.dim() - 1)) for g in grads]
+        scales = [per_run(self._scale, g) for g in grads]
         with torch.no_grad():
             if self.weight_decay != 0:
                 scaled = torch._foreach_add(grads, params, alpha=self.weight_decay)

@@ -41,6 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from plasticity_rl.nn.layers import per_run
+
 TRAC_STATE = "trac_reference"
 """Per-parameter state key of theta_ref (not a moment: unit resets keep it)."""
 TRAC_GROUP_KEY = "trac"
@@ -118,7 +120,7 @@ class _TracStep:
 
 def _per_run(value: Tensor, like: Tensor, runs: int | None) -> Tensor:
     """A per-run value (one per run, or one number) shaped to broadcast against ``like``."""
-    return value if runs is None else value.view(-1, *[1] * (like.dim() - 1))
+    return value if runs is None else per_run(value, like)
 
 
 @functools.cache

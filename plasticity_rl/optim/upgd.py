@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from plasticity_rl.nn.layers import normal_per_run_, per_run
+
 
 class UPGD(torch.optim.Optimizer):
     """UPGD, plain (``adaptive=False``) or with Adam's moments (see the module docstring).
@@ -80,9 +82,7 @@ class UPGD(torch.optim.Optimizer):
         """N(0, 1) noise shaped like ``p``, each run's from its own generator if batched."""
         if self.run_generators is None:
             return torch.randn_like(p)
-        noise = torch.empty(p.shape, dtype=p.dtype)
-        for n, generator in zip(noise, self.run_generators, strict=True):
-            n.normal_(generator=generator)
+        noise = normal_per_run_(torch.empty(p.shape, dtype=p.dtype), self.run_generators)
         return noise.to(p.device)
 
     @torch.no_grad()
@@ -118,7 +118,7 @@ class UPGD(torch.optim.Optimizer):
             state = self.state[p]
             noise = self._noise_like(p.grad) * group["sigma"]
             utility = state["avg_utility"] / (1 - group["beta_utility"] ** state["step"])
-            run_max = global_max.view(-1, *[1] * (p.dim() - 1)) if batched else global_max
+            run_max = per_run(global_max, p) if batched else global_max
             ratio = utility / run_max
             ratio = torch.nan_to_num(ratio, nan=0.0, posinf=torch.inf, neginf=-torch.inf)
             keep = 1 - torch.sigmoid(ratio)
