@@ -220,7 +220,7 @@ def test_every_preset_builds_and_steps(name: str):
     assert not torch.equal(net.weight, before)
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS.names())
+@pytest.mark.parametrize("name", [n for n in OPTIMIZERS.names() if n != "sam"])  # no SAM in RL
 def test_sb3_optimizer_args_construct_the_same_optimizer(name: str):
     optimizer_class, kwargs = sb3_optimizer_args({"name": name, "update_clip": 0.01})
     assert "lr" not in kwargs

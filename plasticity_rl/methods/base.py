@@ -21,7 +21,7 @@ count. Every interval is counted in optimiser steps.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -298,18 +298,39 @@ def is_batched(model: Model) -> bool:
     return any(run_shape(layer) for layer in weight_layers(model))
 
 
+_records_paused = [False]
+"""Whether training forwards are not recorded now (inside :func:`training_records_paused`)."""
+
+
+@contextlib.contextmanager
+def training_records_paused() -> Iterator[None]:
+    """Inside, training forwards are computed but not recorded by the methods (hooks of
+    :func:`on_training_forward` with ``record=True``): the second pass of a sharpness-aware step
+    (:mod:`plasticity_rl.optim.sam`), whose forward at perturbed weights is not the learner's."""
+    before = _records_paused[0]
+    _records_paused[0] = True
+    try:
+        yield
+    finally:
+        _records_paused[0] = before
+
+
 def on_training_forward(
-    layers: Iterable[HiddenLayer], fn: Callable[[HiddenLayer, Tensor], None]
+    layers: Iterable[HiddenLayer], fn: Callable[[HiddenLayer, Tensor], None], record: bool = True
 ) -> list[RemovableHandle]:
     """Call ``fn(layer, h)`` with each layer's activation output h on training forwards.
 
     A forward counts when the activation module is in training mode and grad is enabled.
-    ``h`` is the module's output itself (not a copy); ``fn`` must not change it.
+    ``h`` is the module's output itself (not a copy); ``fn`` must not change it. ``record``:
+    ``fn`` records statistics (skipped inside :func:`training_records_paused`); False for a term
+    of the loss, which every training forward needs.
     """
 
     def hook_for(layer: HiddenLayer) -> Callable[[nn.Module, Any, Tensor], None]:
         def hook(module: nn.Module, _inputs: Any, output: Tensor) -> None:
             if module.training and torch.is_grad_enabled():
+                if record and _records_paused[0]:
+                    return
                 fn(layer, output)
 
         return hook

@@ -55,7 +55,10 @@ class NeuronalDecay(Method):
         self._penalties: dict[str, Tensor] = {}
 
     def _attach(self, model: Model, optimizer: torch.optim.Optimizer) -> list[RemovableHandle]:
-        return on_training_forward(resolve_hidden_layers(model), self._add_penalty_gradient)
+        # a term of the loss: also in a sharpness-aware step's pass at perturbed weights
+        return on_training_forward(
+            resolve_hidden_layers(model), self._add_penalty_gradient, record=False
+        )
 
     def _add_penalty_gradient(self, layer: HiddenLayer, h: Tensor) -> None:
         if not h.requires_grad:

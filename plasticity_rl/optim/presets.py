@@ -230,6 +230,33 @@ def trac(
                                     "trac_s_prev": s_prev, "trac_eps": eps}  # fmt: skip
 
 
+@OPTIMIZERS.register("sam")
+def sam(
+    lr: float = 0.1,
+    base: SpecType = "sgdm",
+    weight_decay: float = 0.0,
+    rho: float = 0.05,
+    adaptive: bool = False,
+) -> OptimizerRecipe:
+    """SAM (Foret et al. 2021) around the ``base`` optimiser preset (a name, or a spec without
+    ``lr``/``weight_decay``, which are given here): the base steps on the gradient at
+    w + rho g / ||g|| (:mod:`plasticity_rl.optim.sam`); ``adaptive``: ASAM (Kwon et al. 2021),
+    w + rho |w|^2 g / || |w| g ||. Defaults as the authors' setting: rho 0.05 on SGD with
+    momentum 0.9 at lr 0.1 (ASAM's papers use rho 0.5-2). Supervised runs only (two passes a
+    step: the trainer drives them)."""
+    from plasticity_rl.optim.sam import sam_class
+
+    _check_lr_and_decay(lr, weight_decay)
+    require(rho >= 0, "optimizer.rho", rho, "a number >= 0")
+    require(isinstance(adaptive, bool), "optimizer.adaptive", adaptive, "a bool")
+    base_name, base_kwargs = split_spec(base, "optimizer.base")
+    require(base_name not in ("sam", "trac", "kron"), "optimizer.base", base_name,
+            "an optimiser preset other than sam, trac or kron")  # fmt: skip
+    base_class, kwargs = OPTIMIZERS.create(base_name, lr=lr, weight_decay=weight_decay,
+                                           **base_kwargs)  # fmt: skip
+    return sam_class(base_class), {**kwargs, "sam_rho": float(rho), "sam_adaptive": adaptive}
+
+
 @OPTIMIZERS.register("kron")
 def kron(
     lr: float = 1e-3,
@@ -337,7 +364,10 @@ def sb3_optimizer_args(spec: SpecType) -> tuple[type[torch.optim.Optimizer], dic
     this way: once SB3 has built the optimiser, call
     ``attach_step_hooks(policy.optimizer, policy, update_clip=...)`` with the spec's value.
     """
-    _, kwargs = split_spec(spec, "optimizer")
+    name, kwargs = split_spec(spec, "optimizer")
+    if name == "sam":
+        why = "an optimiser SB3's PPO can step (SAM needs two passes a step: supervised only)"
+        raise ConfigError("optimizer.name", name, why)
     if "lr" in kwargs:
         raise ConfigError(
             "optimizer.lr", kwargs["lr"], "no lr in an SB3 optimizer spec (set SB3's learning_rate)"

@@ -18,7 +18,8 @@ UPGD reads across elements (its utility maximum over all weights) and draws nois
 takes each run's own maximum and draws each run's noise from that run's generator
 (:attr:`~plasticity_rl.optim.upgd.UPGD.run_generators`, set here), so it too steps each run as
 its single run. TRAC's scale is one per run (``runs``, set here): its group state
-(``param_groups[0]["trac"]``) has a leading run dim, sliced and stacked with the rest.
+(``param_groups[0]["trac"]``) has a leading run dim, sliced and stacked with the rest. SAM's
+gradient norm is one per run too (``runs``).
 
 :func:`run_optimizer_state_dict` gives run s's state as a single run's optimiser would save it.
 """
@@ -117,7 +118,7 @@ def make_run_optimizer(
         if isinstance(optimizer, UPGD):  # per-run maxima and noise
             layer = next(m for m in model.modules() if isinstance(m, BatchedLinear))
             optimizer.run_generators = run_generators(layer)
-        if name == "trac":  # one scale per run
+        if name in ("trac", "sam"):  # one scale (TRAC) or one gradient norm (SAM) per run
             optimizer.runs = runs  # type: ignore[attr-defined]
         return optimizer
     lrs = list(lrs)

@@ -37,6 +37,7 @@ from plasticity_rl.optim import make_optimizer
 from plasticity_rl.optim.runs import (
     make_run_optimizer,
 )
+from plasticity_rl.optim.sam import is_sharpness_aware
 from plasticity_rl.registry import ConfigError, require
 from plasticity_rl.supervised.config import SupervisedRunConfig
 from plasticity_rl.supervised.regression import RegressionStream
@@ -173,6 +174,7 @@ class Learner:
         # the hand-written backward is a CPU optimisation; autograd on other devices
         use = self.cfgs[0].train.hand_backprop and HandBackprop.supports(self.model)
         use = use and self.device.type == "cpu"
+        use = use and not is_sharpness_aware(self.optimizer)  # two passes a step: autograd's
         if use and not any(m.needs_autograd for m in self.methods.values()):
             self.backprop = HandBackprop(self.model, self.optimizer)
 

@@ -7,11 +7,15 @@ mean losses, so each run's gradient is its single-run gradient.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from plasticity_rl.methods.base import training_records_paused
+from plasticity_rl.nn.sparse import activity_counters_paused
+from plasticity_rl.optim.sam import is_sharpness_aware
 from plasticity_rl.supervised.learner import Learner
 from plasticity_rl.supervised.streams import Task
 
@@ -58,17 +62,28 @@ def train_step(learner: Learner, x: Tensor, y: Tensor, loss: str,
     Gradients come from autograd or, for a plain MLP, from the hand-written backward
     (:attr:`Learner.backprop`); batched runs descend on the sum of the runs' mean losses.
     ``mask`` is added to the output (class masks; it has no gradient). The methods get the
-    losses after the step (:meth:`~plasticity_rl.methods.base.Method.on_training_loss`).
+    losses after the step (:meth:`~plasticity_rl.methods.base.Method.on_training_loss`). A
+    sharpness-aware optimiser (:mod:`plasticity_rl.optim.sam`) steps on the gradients of a
+    second pass at its perturbed weights (:func:`perturbed_pass`); output and losses are
+    those at the weights.
     """
     batched = learner.batched
     if learner.backprop is None:
         optimizer = learner.optimizer
+
+        def forward_backward() -> tuple[Tensor, Tensor]:
+            output = learner.model(x)
+            if mask is not None:
+                output = output + mask
+            losses = run_losses(LOSSES[loss], output, y, batched)
+            (losses.sum() if batched else losses).backward()
+            return output, losses
+
         optimizer.zero_grad(set_to_none=True)
-        output = learner.model(x)
-        if mask is not None:
-            output = output + mask
-        losses = run_losses(LOSSES[loss], output, y, batched)
-        (losses.sum() if batched else losses).backward()
+        output, losses = forward_backward()
+        if is_sharpness_aware(optimizer):  # the gradients at w + e (SAM), output and loss at w
+            with perturbed_pass(learner.model):
+                optimizer.sharpness_aware_gradients(forward_backward)  # type: ignore[attr-defined]
         optimizer.step()
     else:
         output, cache = learner.backprop.forward(x)
@@ -80,6 +95,24 @@ def train_step(learner: Learner, x: Tensor, y: Tensor, loss: str,
     for method in learner.methods.values():
         method.on_training_loss(losses)
     return output, losses
+
+
+@contextmanager
+def perturbed_pass(model: nn.Module) -> Iterator[None]:
+    """Inside, training forwards of ``model`` count for the gradient only: the methods do not
+    record them (:func:`~plasticity_rl.methods.base.training_records_paused`), Top-K's
+    counters are paused and BatchNorm keeps its running statistics (momentum 0, as davda54/sam's
+    ``disable_running_stats``); dropout still draws its masks."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        with training_records_paused(), activity_counters_paused(model):
+            yield
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
 
 
 def loss_and_gradient(loss: str, output: Tensor, target: Tensor,
