@@ -78,3 +78,16 @@ def test_ppo_with_all_of_them_and_cbp_redo_snp_resumes_exactly(tmp_path):
     assert {"plasticity/l2_init/penalty", "plasticity/parseval/penalty",
             "plasticity/c_chain/penalty"} <= set(tags)  # fmt: skip
     assert tags["plasticity/c_chain/penalty"][-1][1] > 0
+
+
+def test_sam_with_cbp_redo_snp_l2_and_the_penalties_batched_equals_single_runs(tmp_path):
+    # SAM's second pass (not recorded by CBP or ReDo) with every companion and the penalties
+    methods = {**COMPANIONS, "redo": {"period": 5, "tau": 0.5}, "l2_init": {"coefficient": 1e-2},
+               "parseval": {"coefficient": 1e-2, "scale": 1.0}}  # fmt: skip
+    cfg = regression_config(
+        method=methods,
+        optimizer={"name": "sam", "base": "sgd", "lr": 0.01, "weight_decay": 1e-3, "rho": 0.5},
+        stream={"kwargs": SHORT_REGRESSION},
+    )
+    states = assert_same_runs(cfg, tmp_path)
+    assert all(set(methods) <= set(state["methods"]) for state in states)
