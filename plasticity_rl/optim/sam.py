@@ -17,7 +17,9 @@ step on those gradients. Penalty methods (L2 Init, Parseval, EWC, ...) add their
 step pre-hooks, so at w, as SAM implementations treat weight decay (the base optimiser's, applied
 after the weights are restored); the methods' records of training forwards (CBP, ReDo, SNR
 statistics, Top-K counters) come from the forward at w only, and BatchNorm's running statistics
-are left alone in the pass at w + e (davda54's ``disable_running_stats``).
+are left alone in the pass at w + e (davda54's ``disable_running_stats``). What reads ``.grad``
+after the step (ReGraMa's scores, the GraMa and gradient-norm metrics) sees the gradient the
+step used, the one at w + e.
 
 In a batched network (S runs stacked along a leading run dim; ``runs`` is set by
 :mod:`plasticity_rl.optim.runs`) each run has its own norm, so every run perturbs as its single
