@@ -145,6 +145,44 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, extra):
     assert [value for _, value in churn[1]] == pytest.approx([value for _, value in churn[0]])
 
 
+def test_a_run_stopped_between_logs_logs_what_the_uninterrupted_run_logs(tmp_path, monkeypatch):
+    """Stopped by a signal at a rollout start between two metric logs and resumed: the same
+    log steps (no extra log at the resumed run's first rollout end) and the same values, the
+    output churn and the largest weight change since the previous log included."""
+    from plasticity_rl.rundir import StopSignals
+
+    class StopAtFifthRolloutStart(StopSignals):  # polled once per rollout start
+        def __init__(self) -> None:
+            super().__init__()
+            self.polls = 0
+
+        @property
+        def received(self) -> int | None:
+            self.polls += 1
+            return signal.SIGTERM if self.polls >= 5 else None
+
+        @received.setter
+        def received(self, value: int | None) -> None:
+            pass
+
+    # rollouts of 256 env steps; logs at 256 (the first rollout end), 768 and 1536
+    run = [*CBP_RUN, "--set", "logging.metrics_every_env_steps=768", "--logdir", str(tmp_path)]
+    assert main([*run, "--name", "whole"]) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(sys.modules["plasticity_rl.agents.train"], "StopSignals",
+                      StopAtFifthRolloutStart)  # fmt: skip
+        assert main([*run, "--name", "cut"]) == 143
+    assert final_state(tmp_path / "cut")["num_timesteps"] == 1024
+    assert main(["--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+    whole, cut = scalars(tmp_path / "whole"), scalars(tmp_path / "cut")
+    assert [step for step, _ in whole["plasticity/vf/output_churn"]] == [768, 1536]
+    for tag, points in whole.items():
+        if tag.startswith("time/"):
+            continue
+        assert [step for step, _ in cut[tag]] == [step for step, _ in points], tag
+        assert [v for _, v in cut[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag
+
+
 def test_a_run_with_plasticity_injection_resumes_its_grown_policy(tmp_path):
     # 8 optimiser steps per update: the heads grow at step 10, before the cut at 24
     run = [*CBP_RUN, "--agent", "ppo-plasticity-injection", "--logdir", str(tmp_path),

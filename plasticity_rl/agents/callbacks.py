@@ -25,7 +25,7 @@ TensorBoard tags (all against env steps, SB3's ``num_timesteps``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,20 +60,23 @@ class PlasticityCallback(BaseCallback):
             checkpointed).
         logging: intervals, probe size and dormant threshold.
         checkpoint_path: where to write the checkpoint (None: no checkpoints).
-        schedule: the next env step at which to log metrics / checkpoint (restored on resume).
         stop: polled at each rollout start; once it has received a signal, the run
             checkpoints there and stops (:class:`plasticity_rl.rundir.StopSignals`).
         on_checkpoint: called with the env steps after each checkpoint (``status.json``).
-        churn: each network's output-churn state (restored on resume; checkpointed).
-        gradient_metrics: each network's gradient metrics at the checkpoint resumed from, logged
-            while the resumed run has no ``.grad`` yet (before its first update), as the
-            uninterrupted run logs it then.
+        resumed_from: the callback's record in the checkpoint resumed from (None: a new run):
+            ``schedule`` (the next env step at which to log metrics / checkpoint), ``churn``
+            (each network's output-churn state), ``max_weight_change`` (the largest step
+            change since the last log), ``gradient_metrics`` (each network's, logged while
+            the resumed run has no ``.grad`` yet, before its first update, as the
+            uninterrupted run logs them then) and ``pending_logs`` (values recorded but not
+            yet written, e.g. SB3's ``train/*`` of the last update, written at the next dump),
+            so that a resumed run logs what the uninterrupted one does.
 
-    Metrics are also logged at the first rollout end and at the end of training, so a short
-    run has them. No checkpoint is written before the first env step of this ``learn`` call
-    (a resumed run keeps the checkpoint it resumed from until it has trained). At each rollout
-    start the policy's parameters are checked: NaN or infinite ones stop the run with
-    :attr:`diverged_at_step` set.
+    A new run also logs metrics at its first rollout end, and every run at the end of
+    training, so a short run has them. No checkpoint is written before the first env step of
+    this ``learn`` call (a resumed run keeps the checkpoint it resumed from until it has
+    trained). At each rollout start the policy's parameters are checked: NaN or infinite ones
+    stop the run with :attr:`diverged_at_step` set.
     """
 
     def __init__(
@@ -82,19 +85,18 @@ class PlasticityCallback(BaseCallback):
         methods: dict[str, Method],
         logging: LoggingConfig,
         checkpoint_path: Path | None,
-        schedule: dict[str, int] | None = None,
         stop: StopSignals | None = None,
         on_checkpoint: Callable[[int], None] | None = None,
-        churn: dict[str, dict[str, Any]] | None = None,
-        gradient_metrics: dict[str, dict[str, float] | None] | None = None,
+        resumed_from: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.networks, self.methods, self.cfg = networks, methods, logging
         self.checkpoint_path = checkpoint_path
-        self.schedule = schedule or {
+        resumed_from = resumed_from or {}
+        self.schedule = dict(resumed_from.get("schedule") or {
             "next_metrics": logging.metrics_every_env_steps,
             "next_checkpoint": logging.checkpoint_every_env_steps,
-        }
+        })  # fmt: skip
         self.stop, self.on_checkpoint = stop, on_checkpoint
         self.stopped = False
         self.checkpoint_steps: int | None = None
@@ -103,15 +105,20 @@ class PlasticityCallback(BaseCallback):
         self._start_steps = 0
         self._metrics_logged_at: int | None = None
         self._monitor = WeightChangeMonitor()
-        churn = churn or {}
+        self._max_weight_change_at_checkpoint = resumed_from.get("max_weight_change")
+        churn = resumed_from.get("churn") or {}
         self._churn = {name: OutputChurn(churn.get(name)) for name in networks}
-        self._gradient_metrics_at_checkpoint = gradient_metrics or {}
+        self._gradient_metrics_at_checkpoint = resumed_from.get("gradient_metrics") or {}
+        self._pending_logs = resumed_from.get("pending_logs") or {}
         self._handles: list[Any] = []
         self._env_values: dict[int, dict[str, float]] = {}
 
     def _on_training_start(self) -> None:
         self._start_steps = self.num_timesteps
         self._handles = [self._monitor.attach(self.networks, self.model.policy.optimizer)]
+        self._monitor.load_running_max(self._max_weight_change_at_checkpoint)
+        for key, (value, exclude) in self._pending_logs.items():
+            self.logger.record(key, value, exclude)
 
     def _on_step(self) -> bool:
         for i, info in enumerate(self.locals.get("infos", ())):
@@ -133,7 +140,8 @@ class PlasticityCallback(BaseCallback):
 
     def _on_rollout_end(self) -> None:
         self._log_env()
-        first = self._metrics_logged_at is None and self.num_timesteps > self._start_steps
+        new_run = self._start_steps == 0 and self._metrics_logged_at is None
+        first = new_run and self.num_timesteps > 0
         if first or self.num_timesteps >= self.schedule["next_metrics"]:
             self._advance("next_metrics", self.cfg.metrics_every_env_steps)
             self._log_metrics()
@@ -160,11 +168,20 @@ class PlasticityCallback(BaseCallback):
             churn = {name: monitor.state for name, monitor in self._churn.items()}
             gradients = {name: self._gradient_metrics(name) for name in self.networks}
             extra = {"schedule": dict(self.schedule), "churn": churn,
+                     "max_weight_change": self._monitor.running_max(),
+                     "pending_logs": self._pending_log_values(),
                      "gradient_metrics": gradients}  # fmt: skip
             save_checkpoint(self.checkpoint_path, self.model, self.methods, extra)
             self.checkpoint_steps = self.num_timesteps
             if self.on_checkpoint is not None:
                 self.on_checkpoint(self.num_timesteps)
+
+    def _pending_log_values(self) -> dict[str, tuple[float, tuple[str, ...] | None]]:
+        """The logger's numbers recorded since its last dump, with their excluded formats."""
+        logger = self.logger
+        return {key: (float(value), logger.name_to_excluded.get(key))
+                for key, value in logger.name_to_value.items()
+                if isinstance(value, int | float | np.number)}  # fmt: skip
 
     def _advance(self, key: str, every: int) -> None:
         while self.schedule[key] <= self.num_timesteps:

@@ -245,12 +245,9 @@ def _learn(cfg: RLRunConfig, run_dir: Path, model: PPO, methods: dict[str, Metho
     def on_checkpoint(steps: int) -> None:
         status("running", checkpoint_env_steps=steps)
 
-    # extra: the callback's schedule, output-churn state and gradient metrics of the checkpoint
-    # resumed from
+    # extra: the callback's record in the checkpoint resumed from ({} for a new run)
     callback = PlasticityCallback(model.policy.networks, methods, cfg.logging,
-                                  run_dir / CHECKPOINT, extra.get("schedule"), stop,
-                                  on_checkpoint, extra.get("churn"),
-                                  extra.get("gradient_metrics"))  # fmt: skip
+                                  run_dir / CHECKPOINT, stop, on_checkpoint, extra)  # fmt: skip
     status("running")
     start = time.time()
     try:

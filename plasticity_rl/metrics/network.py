@@ -590,7 +590,7 @@ class WeightChangeMonitor:
                 diffs = torch._foreach_sub([p.detach() for p in self._params], self._before)
                 norms = torch.stack(torch._foreach_norm(diffs, 1)).to(self._groups.dtype)
                 change = self._groups @ norms
-            self._max = change if self._max is None else torch.maximum(self._max, change)
+            self._max = change if self._max is None else torch.maximum(self._max.to(change), change)
 
         return HookHandles(
             [optimizer.register_step_pre_hook(snapshot), optimizer.register_step_post_hook(record)]
@@ -600,6 +600,18 @@ class WeightChangeMonitor:
         """The largest step change of each model since the last call (then reset); {} if none."""
         value, self._max = self._max, None
         return {} if value is None else dict(zip(self._names, value.tolist(), strict=True))
+
+    def running_max(self) -> dict[str, float] | None:
+        """The largest step change of each model since the last :meth:`pop_max`, without
+        resetting it (None if no step since): what a checkpoint keeps."""
+        return (
+            None if self._max is None else dict(zip(self._names, self._max.tolist(), strict=True))
+        )
+
+    def load_running_max(self, values: Mapping[str, float] | None) -> None:
+        """Continue from :meth:`running_max` of a checkpoint (after :meth:`attach`)."""
+        if values is not None:
+            self._max = torch.tensor([values[name] for name in self._names])
 
 
 def collect_activations(
