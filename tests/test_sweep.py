@@ -255,6 +255,24 @@ def test_plan_batches_the_unfinished_seeds_of_a_setting_and_restarts_them(tmp_pa
     assert f"--resume {bp}__s1 {bp}__s2 --no-progress" in jobs[0].command_line()
 
 
+def test_a_run_made_before_a_config_field_existed_is_not_a_conflict(tmp_path):
+    """A finished run whose config.yaml lacks a field added later: the same run when the
+    trial holds that field's default (``device: cpu``), a conflict when it holds another."""
+    exp = load_experiment(write_spec(tmp_path, REGRESSION, "reg"))
+    logdir = tmp_path.resolve()
+    trials = {t.run_name: t for t in exp.trials}
+    make_run(logdir, trials["reg/bp__s0"], "results.json")
+    config = logdir / "reg" / "bp__s0" / "config.yaml"
+    saved = yaml.safe_load(config.read_text())
+    assert saved.pop("device") == "cpu"
+    config.write_text(yaml.safe_dump(saved))
+    _, settled = plan(exp, logdir)
+    assert {o.name: o.status for o in settled} == {"reg/bp__s0": "skipped"}
+    _, settled = plan(exp, logdir, extra=["device=auto"])
+    conflict = next(o for o in settled if o.name == "reg/bp__s0")
+    assert conflict.status == "failed" and "device: None != 'auto'" in conflict.message
+
+
 def test_a_run_another_process_trains_is_left_alone(tmp_path):
     exp = load_experiment(write_spec(tmp_path, REGRESSION, "reg"))
     logdir = tmp_path.resolve()

@@ -379,13 +379,21 @@ def _dataset_missing(name: str, data_dir: str | None) -> str | None:
 
 def config_difference(run_dir: Path, cfg: Any) -> str:
     """The dotted keys at which ``run_dir/config.yaml`` differs from ``cfg`` ("" if none, or if
-    the run has no config yet); paths (:data:`IGNORED_CONFIG_KEYS`) are not compared."""
+    the run has no config yet); paths (:data:`IGNORED_CONFIG_KEYS`) are not compared, nor a
+    key the saved config lacks where ``cfg`` holds the schema's default (a field added after
+    the run was made; its resume fills in that default)."""
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return ""
     saved = flatten(yaml.safe_load(saved_path.read_text()) or {})
     wanted = flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
-    keys = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(type(cfg))))
+    keys = sorted(
+        k
+        for k in saved.keys() | wanted.keys()
+        if saved.get(k) != wanted.get(k)
+        and not (k not in saved and k in defaults and wanted.get(k) == defaults[k])
+    )
     keys = [k for k in keys if k.split(".")[0] not in IGNORED_CONFIG_KEYS]
     return ", ".join(f"{k}: {saved.get(k)!r} != {wanted.get(k)!r}" for k in keys[:5])
 
