@@ -383,6 +383,29 @@ def test_a_run_interrupted_mid_task_resumes_exactly(stream, tmp_path, mnist_dir,
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_run_interrupted_between_logs_logs_what_the_uninterrupted_run_logs(
+    tmp_path, mnist_dir, monkeypatch
+):
+    from test_train_rl import scalars
+
+    args = [*ONLINE, "--seed", "5", "--data-dir", str(mnist_dir), "--no-progress", "--set",
+            "train.probe_size=50", "--set", "train.log_every_steps=50",
+            "--logdir", str(tmp_path)]  # fmt: skip
+    monkeypatch.setattr("plasticity_rl.supervised.steps.CHUNK_EXAMPLES", 64)  # chunk ends mid-task
+    assert main([*args, "--name", "whole"]) == 0
+    with monkeypatch.context() as patch:
+        stop_at(patch, 420)  # stops at step 428, between the logs at 400 and 450
+        assert main([*args, "--name", "cut"]) == 143
+    assert main(["--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+    whole, cut = scalars(tmp_path / "whole"), scalars(tmp_path / "cut")
+    assert set(cut) == set(whole)
+    assert [step for step, _ in whole["cl/train_loss"]][7:10] == [400, 450, 500]
+    for tag, points in whole.items():
+        if not tag.startswith("time/"):
+            assert [step for step, _ in cut[tag]] == [step for step, _ in points], tag
+            assert [v for _, v in cut[tag]] == pytest.approx([v for _, v in points], rel=1e-6), tag
+
+
 def test_sigint_to_the_cli_checkpoints_and_exits_130(tmp_path, mnist_dir):
     argv = [sys.executable, str(REPO_ROOT / "scripts" / "train_supervised.py"), *ONLINE,
             "--set", "stream.kwargs.num_tasks=200", "--set", "train.checkpoint_every_steps=0",
