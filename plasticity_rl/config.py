@@ -13,7 +13,8 @@ as in OmegaConf's ``key=value`` overrides (PyYAML alone reads it as a string).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -126,6 +127,22 @@ def merge_presets(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]
         else:
             merged[key] = value
     return merged
+
+
+def fill_defaults(config: Mapping[str, Any], schema: type) -> dict[str, Any]:
+    """``config`` (a saved run config) with the default of every field of the dataclass
+    ``schema`` it lacks, in nested sub-configs too (not inside free-form mappings such as an
+    optimiser spec): a config saved before a field existed reads as the one its resume builds.
+    """
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema))
+    filled = dict(config)
+    for f in fields(schema):
+        kind = typing.get_type_hints(schema).get(f.name)
+        if f.name not in filled:
+            filled[f.name] = defaults[f.name]  # type: ignore[index]
+        elif is_dataclass(kind) and isinstance(filled[f.name], Mapping):
+            filled[f.name] = fill_defaults(filled[f.name], kind)  # type: ignore[arg-type]
+    return filled
 
 
 def _allowed(default: Any, dotted: str) -> str | list[str]:

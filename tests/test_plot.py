@@ -226,6 +226,18 @@ def test_runs_of_one_setting_name_with_other_configs_are_told_apart(tmp_path):
     assert labels == ["ppo (env_preset=ant)", "ppo (env_preset=hopper)"]
 
 
+def test_a_run_made_before_a_config_field_existed_groups_with_newer_runs(tmp_path):
+    # seed 0 saved before the device option existed, seed 1 with its default
+    write_run(tmp_path, "x__s0", {"seed": 0, "agent_preset": "bp"}, {"a": [(0, 1.0)]})
+    write_run(tmp_path, "x__s1", {"seed": 1, "agent_preset": "bp", "device": "cpu"},
+              {"a": [(0, 1.0)]})  # fmt: skip
+    write_run(tmp_path, "y__s0", {"seed": 0, "agent_preset": "bp", "device": "auto"},
+              {"a": [(0, 1.0)]})  # fmt: skip
+    groups = group_runs(find_runs(tmp_path))
+    assert [(g.label, len(g.runs)) for g in groups] == [("x", 2), ("y", 1)]
+    assert all(r.config["device"] in ("cpu", "auto") for g in groups for r in g.runs)
+
+
 def test_pruning_report(tmp_path):
     pytest.importorskip("matplotlib")
     fractions = [0.0, 0.5, 0.9, 0.98, 0.995]

@@ -270,7 +270,7 @@ def test_a_run_made_before_a_config_field_existed_is_not_a_conflict(tmp_path):
     assert {o.name: o.status for o in settled} == {"reg/bp__s0": "skipped"}
     _, settled = plan(exp, logdir, extra=["device=auto"])
     conflict = next(o for o in settled if o.name == "reg/bp__s0")
-    assert conflict.status == "failed" and "device: None != 'auto'" in conflict.message
+    assert conflict.status == "failed" and "device: 'cpu' != 'auto'" in conflict.message
 
 
 def test_a_run_another_process_trains_is_left_alone(tmp_path):

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from plasticity_rl.config import load_yaml
+from plasticity_rl.config import fill_defaults, load_yaml
 from plasticity_rl.metrics.summary import bootstrap_ci
 from plasticity_rl.registry import ConfigError, require
 
@@ -91,7 +91,9 @@ class Run:
 def find_runs(root: Path) -> list[Run]:
     """Every run directory (holding ``config.yaml``) under ``root``, sorted by path. A run
     whose ``config.yaml``, ``results.json`` or ``pruning.json`` cannot be read is skipped with
-    a warning naming the file (one broken run does not cost the report)."""
+    a warning naming the file (one broken run does not cost the report). A config gets the
+    schema's default for each field it lacks (:func:`~plasticity_rl.config.fill_defaults`), so
+    runs made before a field existed group with newer runs of the same setting."""
     runs = []
     for config_path in sorted(Path(root).rglob("config.yaml")):
         path = config_path.parent
@@ -99,6 +101,7 @@ def find_runs(root: Path) -> list[Run]:
             config = load_yaml(config_path)
             if not isinstance(config, dict):
                 raise ConfigError(str(config_path), type(config).__name__, "a YAML mapping")
+            config = fill_defaults(config, _schema(config))
             run = Run(path, config, _read_json(path / "results.json"),
                       _read_json(path / "pruning.json"))  # fmt: skip
         except ConfigError as err:
@@ -106,6 +109,17 @@ def find_runs(root: Path) -> list[Run]:
             continue
         runs.append(run)
     return runs
+
+
+def _schema(config: Mapping[str, Any]) -> type:
+    """The run config class of a saved config (an RL run's has a ``ppo`` section)."""
+    if "ppo" in config:
+        from plasticity_rl.agents.config import RLRunConfig
+
+        return RLRunConfig
+    from plasticity_rl.supervised.config import SupervisedRunConfig
+
+    return SupervisedRunConfig
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -60,7 +60,7 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from plasticity_rl.config import REPO_ROOT
+from plasticity_rl.config import REPO_ROOT, fill_defaults
 from plasticity_rl.experiments.results import flatten
 from plasticity_rl.experiments.spec import Experiment, Trial, resolve_trial, script
 from plasticity_rl.registry import ConfigError
@@ -385,15 +385,9 @@ def config_difference(run_dir: Path, cfg: Any) -> str:
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         return ""
-    saved = flatten(yaml.safe_load(saved_path.read_text()) or {})
+    saved = flatten(fill_defaults(yaml.safe_load(saved_path.read_text()) or {}, type(cfg)))
     wanted = flatten(OmegaConf.to_container(OmegaConf.structured(cfg)))
-    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(type(cfg))))
-    keys = sorted(
-        k
-        for k in saved.keys() | wanted.keys()
-        if saved.get(k) != wanted.get(k)
-        and not (k not in saved and k in defaults and wanted.get(k) == defaults[k])
-    )
+    keys = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
     keys = [k for k in keys if k.split(".")[0] not in IGNORED_CONFIG_KEYS]
     return ", ".join(f"{k}: {saved.get(k)!r} != {wanted.get(k)!r}" for k in keys[:5])
 
