@@ -172,8 +172,12 @@ def test_a_run_stopped_between_logs_logs_what_the_uninterrupted_run_logs(tmp_pat
         patch.setattr(sys.modules["plasticity_rl.agents.train"], "StopSignals",
                       StopAtFifthRolloutStart)  # fmt: skip
         assert main([*run, "--name", "cut"]) == 143
-    assert final_state(tmp_path / "cut")["num_timesteps"] == 1024
+    cut_state = final_state(tmp_path / "cut")
+    assert cut_state["num_timesteps"] == 1024
     assert main(["--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+    # the wall time counts both invocations (the second, 2 of 6 rollouts, alone is shorter)
+    before = cut_state["extra"]["wall_seconds"]
+    assert json.loads((tmp_path / "cut" / "status.json").read_text())["wall_seconds"] > before > 0
     whole, cut = scalars(tmp_path / "whole"), scalars(tmp_path / "cut")
     assert [step for step, _ in whole["plasticity/vf/output_churn"]] == [768, 1536]
     for tag, points in whole.items():

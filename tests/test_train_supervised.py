@@ -396,7 +396,10 @@ def test_a_run_interrupted_between_logs_logs_what_the_uninterrupted_run_logs(
     with monkeypatch.context() as patch:
         stop_at(patch, 420)  # stops at step 428, between the logs at 400 and 450
         assert main([*args, "--name", "cut"]) == 143
+    before = torch.load(tmp_path / "cut/checkpoints/latest.pt")["progress"]["wall_seconds"]
     assert main(["--resume", str(tmp_path / "cut"), "--no-progress"]) == 0
+    # the wall time counts both invocations (the second, 172 of 600 steps, alone is shorter)
+    assert json.loads((tmp_path / "cut" / "results.json").read_text())["wall_seconds"] > before > 0
     whole, cut = scalars(tmp_path / "whole"), scalars(tmp_path / "cut")
     assert set(cut) == set(whole)
     assert [step for step, _ in whole["cl/train_loss"]][7:10] == [400, 450, 500]

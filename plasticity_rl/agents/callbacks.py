@@ -25,6 +25,7 @@ TensorBoard tags (all against env steps, SB3's ``num_timesteps``):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,8 @@ class PlasticityCallback(BaseCallback):
             the resumed run has no ``.grad`` yet, before its first update, as the
             uninterrupted run logs them then) and ``pending_logs`` (values recorded but not
             yet written, e.g. SB3's ``train/*`` of the last update, written at the next dump),
-            so that a resumed run logs what the uninterrupted one does.
+            so that a resumed run logs what the uninterrupted one does; ``wall_seconds``
+            (the training time up to the checkpoint, see :attr:`wall_seconds`).
 
     A new run also logs metrics at its first rollout end, and every run at the end of
     training, so a short run has them. No checkpoint is written before the first env step of
@@ -110,10 +112,19 @@ class PlasticityCallback(BaseCallback):
         self._churn = {name: OutputChurn(churn.get(name)) for name in networks}
         self._gradient_metrics_at_checkpoint = resumed_from.get("gradient_metrics") or {}
         self._pending_logs = resumed_from.get("pending_logs") or {}
+        self._seconds_before = float(resumed_from.get("wall_seconds", 0.0))
+        self._started = time.time()
         self._handles: list[Any] = []
         self._env_values: dict[int, dict[str, float]] = {}
 
+    @property
+    def wall_seconds(self) -> float:
+        """The run's training time so far, over all its invocations: the checkpoint's (work
+        redone after an interruption counts once) plus this ``learn`` call's."""
+        return self._seconds_before + time.time() - self._started
+
     def _on_training_start(self) -> None:
+        self._started = time.time()
         self._start_steps = self.num_timesteps
         self._handles = [self._monitor.attach(self.networks, self.model.policy.optimizer)]
         self._monitor.load_running_max(self._max_weight_change_at_checkpoint)
@@ -170,6 +181,7 @@ class PlasticityCallback(BaseCallback):
             extra = {"schedule": dict(self.schedule), "churn": churn,
                      "max_weight_change": self._monitor.running_max(),
                      "pending_logs": self._pending_log_values(),
+                     "wall_seconds": self.wall_seconds,
                      "gradient_metrics": gradients}  # fmt: skip
             save_checkpoint(self.checkpoint_path, self.model, self.methods, extra)
             self.checkpoint_steps = self.num_timesteps

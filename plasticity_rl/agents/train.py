@@ -17,7 +17,6 @@ and 10 epochs, that is 160 times per rollout.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -249,7 +248,6 @@ def _learn(cfg: RLRunConfig, run_dir: Path, model: PPO, methods: dict[str, Metho
     callback = PlasticityCallback(model.policy.networks, methods, cfg.logging,
                                   run_dir / CHECKPOINT, stop, on_checkpoint, extra)  # fmt: skip
     status("running")
-    start = time.time()
     try:
         model.learn(
             total_timesteps=max(cfg.total_steps - model.num_timesteps, 0),
@@ -274,5 +272,5 @@ def _learn(cfg: RLRunConfig, run_dir: Path, model: PPO, methods: dict[str, Metho
         write_status(run_dir, "interrupted", env_steps=steps, total_steps=cfg.total_steps,
                      checkpoint_env_steps=steps, signal=stop.received)  # fmt: skip
         raise Interrupted(stop.received, steps)
-    status("complete", wall_seconds=round(time.time() - start, 1))
+    status("complete", wall_seconds=round(callback.wall_seconds, 1))
     return model

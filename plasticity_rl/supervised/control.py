@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,25 @@ class RunControl:
     stop: StopSignals
     every: int
     last: int = 0
+    started: float = field(default_factory=time.time)
+    """When this invocation began training (the clock of :meth:`wall_seconds`)."""
+
+    def __post_init__(self) -> None:
+        self._seconds_before = [float(p.get("wall_seconds", 0.0)) for p in self.progresses]
+
+    def wall_seconds(self) -> float:
+        """The run's training time so far, over all its invocations: the time recorded in the
+        checkpoint it resumed from (``progress["wall_seconds"]``; work redone after an
+        interruption counts once) plus this invocation's. The same for every run of a batched
+        group (their time together)."""
+        return self._seconds_before[0] + time.time() - self.started
 
     def checkpoint(self) -> None:
         """Save every run's checkpoint (and its step in ``status.json``); raise
         :class:`Interrupted` if a signal came."""
+        seconds = self.wall_seconds()
+        for p in self.progresses:
+            p["wall_seconds"] = seconds
         save_all(self.learner, self.run_dirs, self.progresses)
         self.last = step = self.progresses[0]["step"]
         for run_dir, p in zip(self.run_dirs, self.progresses, strict=True):
@@ -84,11 +99,11 @@ def recorded_config(cfg: SupervisedRunConfig) -> str:
 
 
 def write_results(learner: Learner, run_dirs: list[Path], progresses: list[dict[str, Any]],
-                   all_results: list[dict[str, Any]], start: float) -> None:  # fmt: skip
+                   all_results: list[dict[str, Any]], wall_seconds: float) -> None:  # fmt: skip
     """Each run's ``results.json`` and final ``status.json``: ``complete``, ``stopped``
     (``train.stop_after_tasks``: no results.json) or ``diverged`` (no metrics: they would be
-    of a broken network)."""
-    wall_seconds = round(time.time() - start, 1)
+    of a broken network); ``wall_seconds``: :meth:`RunControl.wall_seconds`."""
+    wall_seconds = round(wall_seconds, 1)
     for run, (results, progress, run_dir) in enumerate(
         zip(all_results, progresses, run_dirs, strict=True)
     ):

@@ -390,11 +390,12 @@ def _train(learner: Learner, run_dirs: list[Path], progresses: list[dict[str, An
                              progresses[0]["step"])  # fmt: skip
         for run_dir, p in zip(run_dirs, progresses, strict=True):
             write_status(run_dir, "running", step=p["step"], task=p["task"])
-        start = time.time()
+        control.started = time.time()
         try:
-            all_results = _run_loop(learner, run_dirs, progresses, control, show_progress, start)
+            all_results = _run_loop(learner, run_dirs, progresses, control, show_progress)
         except Diverged:
-            write_results(learner, run_dirs, progresses, [{} for _ in run_dirs], start)
+            write_results(learner, run_dirs, progresses, [{} for _ in run_dirs],
+                          control.wall_seconds())  # fmt: skip
             raise
         except Interrupted as err:
             for run_dir, p in zip(run_dirs, progresses, strict=True):
@@ -414,8 +415,7 @@ def _train(learner: Learner, run_dirs: list[Path], progresses: list[dict[str, An
 
 
 def _run_loop(learner: Learner, run_dirs: list[Path], progresses: list[dict[str, Any]],
-              control: RunControl, show_progress: bool,
-              start: float) -> list[dict[str, Any]]:  # fmt: skip
+              control: RunControl, show_progress: bool) -> list[dict[str, Any]]:  # fmt: skip
     writers = [SummaryWriter(str(run_dir)) for run_dir in run_dirs]
     try:
         loop = train_regression if isinstance(learner.streams[0], RegressionStream) else train_tasks
@@ -427,5 +427,5 @@ def _run_loop(learner: Learner, run_dirs: list[Path], progresses: list[dict[str,
     finally:
         for writer in writers:
             writer.close()
-    write_results(learner, run_dirs, progresses, all_results, start)
+    write_results(learner, run_dirs, progresses, all_results, control.wall_seconds())
     return all_results
