@@ -44,7 +44,7 @@ from plasticity_rl.supervised.streams import make_stream
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from train_supervised import main as train_supervised  # noqa: E402
 
-TABLE_SOURCES = {"results", "scalar", "pruning"}
+TABLE_SOURCES = {"results", "scalar", "pruning", "status"}
 
 
 def write_spec(tmp_path: Path, spec: dict, name: str = "exp") -> Path:

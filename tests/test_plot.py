@@ -199,6 +199,8 @@ def test_final_values_and_lookup(tmp_path):
     # a window of steps, ends included: steps 20, 30, 40
     assert final_value(run, {"scalar": "a", "steps": [20, 40]}) == 30.0
     assert final_value(run, {"scalar": "a", "steps": [101, 200]}) is None
+    (run_dir / "status.json").write_text('{"state": "complete", "wall_seconds": 12.5}')
+    assert final_value(find_runs(tmp_path)[0], {"status": "wall_seconds"}) == 12.5
 
 
 def test_per_task_columns(tmp_path):

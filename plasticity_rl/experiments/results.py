@@ -56,6 +56,8 @@ class Run:
     config: dict[str, Any]
     results: dict[str, Any] | None = None
     pruning: dict[str, Any] | None = None
+    status: dict[str, Any] | None = None
+    """``status.json`` (RL runs keep their ``wall_seconds`` there; they write no results)."""
 
     @property
     def kind(self) -> str:
@@ -102,8 +104,9 @@ def find_runs(root: Path) -> list[Run]:
             if not isinstance(config, dict):
                 raise ConfigError(str(config_path), type(config).__name__, "a YAML mapping")
             config = fill_defaults(config, _schema(config))
-            run = Run(path, config, _read_json(path / "results.json"),
-                      _read_json(path / "pruning.json"))  # fmt: skip
+            files = [_read_json(path / name) for name in ("results.json", "pruning.json",
+                                                          "status.json")]  # fmt: skip
+            run = Run(path, config, *files)
         except ConfigError as err:
             print(f"warning: skipped run {path}: {err}", file=sys.stderr)
             continue
@@ -263,8 +266,11 @@ def final_value(run: Run, column: Mapping[str, Any]) -> float | None:
     ``last_fraction`` (default 0.1: the mean of the values logged in the last 10% of the run's
     steps) or ``steps: [from, to]`` (the mean of the values logged in that window of steps,
     ends included), or ``pruning: <fraction>`` (the average accuracy after pruning that
-    fraction, from ``pruning.json``).
+    fraction, from ``pruning.json``), or ``status: <dotted path>`` (into ``status.json``).
     """
+    if "status" in column:
+        value = lookup(run.status or {}, str(column["status"]))
+        return None if value is None else float(value)
     if "results" in column:
         value = lookup(run.results or {}, str(column["results"]))
         if isinstance(value, list):
@@ -292,7 +298,7 @@ def final_value(run: Run, column: Mapping[str, Any]) -> float | None:
         fractions = [round(f, 9) for f in pruning.get("fractions", [])]
         target = round(float(column["pruning"]), 9)
         return pruning["average_accuracy"][fractions.index(target)] if target in fractions else None
-    raise ValueError(f"table column {dict(column)}: needs results, scalar or pruning")
+    raise ValueError(f"table column {dict(column)}: needs results, scalar, pruning or status")
 
 
 def expand_per_task(column: Mapping[str, Any]) -> list[dict[str, Any]]:

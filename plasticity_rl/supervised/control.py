@@ -128,7 +128,8 @@ def write_results(learner: Learner, run_dirs: list[Path], progresses: list[dict[
             results["final_plasticity"] = (progress["plasticity"] or [{}])[-1]
         text = json.dumps(_json_safe(results), indent=2) + "\n"
         write_text_atomic(run_dir / "results.json", text)
-        write_status(run_dir, results["status"], step=step, task=task, diverged_at_step=diverged)
+        write_status(run_dir, results["status"], step=step, task=task, diverged_at_step=diverged,
+                     wall_seconds=wall_seconds)  # fmt: skip
 
 
 def _json_safe(value: Any) -> Any:
