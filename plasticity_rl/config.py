@@ -135,9 +135,10 @@ def fill_defaults(config: Mapping[str, Any], schema: type) -> dict[str, Any]:
     optimiser spec): a config saved before a field existed reads as the one its resume builds.
     """
     defaults = OmegaConf.to_container(OmegaConf.structured(schema))
+    hints = typing.get_type_hints(schema)
     filled = dict(config)
     for f in fields(schema):
-        kind = typing.get_type_hints(schema).get(f.name)
+        kind = hints.get(f.name)
         if f.name not in filled:
             filled[f.name] = defaults[f.name]  # type: ignore[index]
         elif is_dataclass(kind) and isinstance(filled[f.name], Mapping):
