@@ -206,11 +206,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def lock_holder(run_dir: Path) -> int | None:
-    """The process id in ``run_dir``'s lock if another live process holds it; None if the run
-    is free (no lock, a lock of this process, or one left by a process that is gone)."""
+def lock_holder(run_dir: Path, lock: str = LOCK) -> int | None:
+    """The process id in ``run_dir``'s lock file ``lock`` if another live process holds it;
+    None if it is free (no lock, a lock of this process, or one left by a process that is
+    gone)."""
     try:
-        pid = int((run_dir / LOCK).read_text().strip() or 0)
+        pid = int((run_dir / lock).read_text().strip() or 0)
     except (OSError, ValueError):
         return None
     return pid if pid and pid != os.getpid() and _alive(pid) else None
@@ -219,21 +220,22 @@ def lock_holder(run_dir: Path) -> int | None:
 class RunLock:
     """``run.pid`` in a run directory while a process trains it; a second process is refused.
 
-    A lock left by a process that no longer exists (``kill -9``) is taken over.
+    A lock left by a process that no longer exists (``kill -9``) is taken over. ``lock`` names
+    another lock file in ``run_dir`` (a sweep's trial lock beside the run directories).
 
     Raises:
-        ConfigError: another live process holds the run directory (key ``run directory``).
+        ConfigError: another live process holds the lock (key ``run directory``).
     """
 
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / LOCK
+    def __init__(self, run_dir: Path, lock: str = LOCK):
+        self.path = run_dir / lock
 
     def __enter__(self) -> RunLock:
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
-                pid = lock_holder(self.path.parent)
+                pid = lock_holder(self.path.parent, self.path.name)
                 if pid is not None:
                     raise ConfigError("run directory", str(self.path.parent),
                                       f"one not being trained (process {pid} holds "

@@ -15,6 +15,7 @@ import yaml
 from plasticity_rl.config import REPO_ROOT, to_yaml
 from plasticity_rl.experiments.runner import (
     CHECKPOINT,
+    TRIAL_LOCK,
     parse_data_dirs,
     plan,
     run_trial,
@@ -318,6 +319,42 @@ def test_a_trial_whose_runs_changed_since_the_plan_is_skipped_untouched(change, 
     assert not list((logdir / "reg").glob("*trial.log"))  # nothing written
     # the summary says why
     assert "reg/bp__s0,1,2 skipped: its runs changed" in summary([outcome])
+
+
+def test_a_trial_another_sweep_runs_is_skipped_and_its_lock_is_released(tmp_path, monkeypatch):
+    """Two sweeps reaching one trial at once: both would pass :func:`state_change` (nothing
+    changed yet) and the second would delete the run the first just started; the trial lock
+    beside the run directories lets only one through."""
+    exp = load_experiment(write_spec(tmp_path, REGRESSION, "reg"))
+    logdir = tmp_path.resolve()
+    trials = {t.run_name: t for t in exp.trials}
+    make_run(logdir, trials["reg/bp__s1"])  # interrupted before a checkpoint: a restart
+    jobs, _ = plan(exp, logdir, batch=False)
+    job = next(j for j in jobs if j.name == "reg/bp__s1")
+    assert job.action == "restart"
+    lock = logdir / "reg" / f"bp__s1.{TRIAL_LOCK}"
+    lock.write_text(f"{os.getppid()}\n")  # another live process runs the trial
+    monkeypatch.setattr("plasticity_rl.experiments.runner.load_script_main",
+                        lambda script: pytest.fail("the script ran"))  # fmt: skip
+    outcome = run_trial(job)
+    assert outcome.status == "skipped"
+    assert outcome.message == f"another sweep runs bp__s1 (process {os.getppid()})"
+    assert (logdir / "reg" / "bp__s1" / "config.yaml").is_file()  # nothing deleted
+    # a lock whose process is gone is taken over; the lock is held while the script runs and
+    # released after it
+    lock.write_text("999999999\n")
+    seen = []
+
+    def script(argv):
+        seen.append(lock.read_text())
+        (logdir / "reg" / "bp__s1").mkdir()
+        (logdir / "reg" / "bp__s1" / "results.json").write_text("{}")
+        return 0
+
+    monkeypatch.setattr("plasticity_rl.experiments.runner.load_script_main", lambda name: script)
+    outcome = run_trial(job)
+    assert outcome.status == "done", outcome.message
+    assert seen == [f"{os.getpid()}\n"] and not lock.exists()
 
 
 def test_online_permuted_settings_are_batched_when_their_dataset_is_on_disk(

@@ -31,8 +31,9 @@ Restarting a sweep:
 
 A trial's runs are looked at again right before it starts (:func:`state_change`): if any of
 them changed since the plan (another sweep of the same experiment finished, started or
-checkpointed it), the trial is skipped with a note and nothing is deleted; the next sweep
-plans it afresh. Two sweeps of one experiment may therefore run side by side.
+checkpointed it, or runs it now: a trial holds ``<run>.trial.pid`` beside its run directories
+from that check to its end), the trial is skipped with a note and nothing is deleted; the next
+sweep plans it afresh. Two sweeps of one experiment may therefore run side by side.
 
 Executors: :func:`run_local` runs the trials one after another in this process;
 :func:`run_ray` runs them as Ray tasks (one CPU and one torch thread each), on a local Ray
@@ -64,9 +65,10 @@ from plasticity_rl.config import REPO_ROOT, fill_defaults
 from plasticity_rl.experiments.results import flatten
 from plasticity_rl.experiments.spec import Experiment, Trial, resolve_trial, script
 from plasticity_rl.registry import ConfigError
-from plasticity_rl.rundir import CHECKPOINT, lock_holder, read_status
+from plasticity_rl.rundir import CHECKPOINT, RunLock, lock_holder, read_status
 
 TRIAL_LOG = "trial.log"
+TRIAL_LOCK = "trial.pid"
 SIGNAL_EXITS = (129, 130, 143)
 """Exit statuses of a script stopped by SIGHUP, SIGINT or SIGTERM (after checkpointing)."""
 IGNORED_CONFIG_KEYS = ("agent_preset", "data_dir", "env_preset")
@@ -404,18 +406,35 @@ def load_script_main(name: str) -> Any:
 def run_trial(job: TrialJob) -> TrialOutcome:
     """Run one trial in this process; its output is appended to ``trial.log`` in each of its
     run directories. A trial whose runs changed since the plan (:func:`state_change`) is
-    skipped without touching them.
+    skipped without touching them. The trial holds ``<setting>__s<seed>.trial.pid`` beside
+    each of its run directories from that check to its end, so that two sweeps that reach the
+    same trial cannot both pass the check (one would delete the run the other just started);
+    the second is skipped with a note.
 
     The log is written to :attr:`TrialJob.live_log` while the script runs (the script creates
     the run directories itself) and moved into them at the end. A failure is an outcome; a
     script stopped by a signal (it checkpointed) raises ``KeyboardInterrupt`` after the log is
     moved, so that the sweep stops too.
     """
+    with contextlib.ExitStack() as locks:
+        for run_dir in job.run_dirs:
+            run_dir.parent.mkdir(parents=True, exist_ok=True)
+            lock = f"{run_dir.name}.{TRIAL_LOCK}"
+            try:
+                locks.enter_context(RunLock(run_dir.parent, lock))
+            except ConfigError:
+                holder = lock_holder(run_dir.parent, lock)
+                message = f"another sweep runs {run_dir.name} (process {holder})"
+                return TrialOutcome(job.name, "skipped", job.run_dirs, message=message)
+        changed = state_change(job)
+        if changed:
+            return TrialOutcome(job.name, "skipped", job.run_dirs, message=changed)
+        return _run_locked_trial(job)
+
+
+def _run_locked_trial(job: TrialJob) -> TrialOutcome:
     import torch
 
-    changed = state_change(job)
-    if changed:
-        return TrialOutcome(job.name, "skipped", job.run_dirs, message=changed)
     torch.set_num_threads(1)
     start = time.time()
     live_log = job.live_log
