@@ -177,6 +177,10 @@ def check_state_dict(
                           f"(it has {extra[:3]} that this run does not)")  # fmt: skip
 
 
+FINISHED_STATES = ("complete", "diverged")
+"""``status.json`` states of a run that has ended for good (a rerun would diverge again)."""
+
+
 def write_status(run_dir: Path, state: str, **fields: Any) -> None:
     """``status.json``: ``{"state": state, **fields}`` (step counts, ...), replaced atomically.
 

@@ -10,7 +10,9 @@ Reads every run directory under RUNS_DIR (TensorBoard events, ``config.yaml``,
 figures and ``results.md`` (final numbers with 95% bootstrap intervals, next to the published
 ones of ``--experiment``) into ``--out`` (into ``--out``/rl and ``--out``/supervised when RUNS_DIR
 holds both kinds). A run whose ``config.yaml`` or ``results.json`` is broken is skipped with a
-warning naming the file. Needs the plot extra: ``pip install -e ".[plot]"``.
+warning naming the file; a run whose ``status.json`` says it has not finished (running,
+interrupted, failed) is left out and named, unless ``--include-unfinished``. Needs the plot
+extra: ``pip install -e ".[plot]"``.
 Exit status: 0 on success, 2 on a configuration error.
 """
 
@@ -43,11 +45,17 @@ def main(argv: list[str] | None = None) -> int:
         help="the experiment's scale the runs were made at (for the table)",
     )
     parser.add_argument("--out", type=Path, help="output directory (default: RUNS_DIR/report)")
+    parser.add_argument(
+        "--include-unfinished",
+        action="store_true",
+        help="also use runs whose status.json says they have not finished (left out and named "
+        "by default)",
+    )
     args = parser.parse_args(argv)
     out = args.out or args.runs_dir / "report"
     try:
         experiment = load_experiment(args.experiment, args.scale) if args.experiment else None
-        written = write_report(args.runs_dir, out, experiment, args.metric)
+        written = write_report(args.runs_dir, out, experiment, args.metric, args.include_unfinished)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -83,6 +83,40 @@ def test_rl_report_with_the_experiments_figure_and_published_numbers(tmp_path, c
     assert table in capsys.readouterr().out
 
 
+def test_unfinished_runs_are_left_out_and_named_unless_asked_for(tmp_path, capsys):
+    """A table made while a sweep runs: the running run's partial curve stays out of the mean."""
+    pytest.importorskip("matplotlib")
+    runs = tmp_path / "runs"
+    rl_runs(runs)
+    for seed in range(3):
+        (runs / f"ppo__s{seed}" / "status.json").write_text('{"state": "complete"}')
+    (runs / "ppo__s2" / "status.json").write_text('{"state": "running", "env_steps": 150000}')
+    (runs / "ppo-cbp-l2__s0" / "status.json").write_text('{"state": "interrupted"}')
+    out = tmp_path / "report"
+    assert main([str(runs), "--experiment", "dohare2024-rl-hopper", "--out", str(out)]) == 0
+    table = (out / "results.md").read_text()
+    assert "| ppo | 2 | 150 [100, 200] |" in table  # seeds 0 and 1 (returns 100 and 200)
+    # seeds 1 and 2 have no status.json (runs made before it existed): counted as finished
+    assert "| ppo-cbp-l2 | 2 | 1000 [1000, 1000] |" in table
+    assert ("Left out, not finished (2 runs): `ppo-cbp-l2__s0` (interrupted), `ppo__s2` "
+            "(running at 150,000 env steps).") in table  # fmt: skip
+    assert f"warning: left out {runs / 'ppo__s2'} (running at 150,000 env steps)" in (
+        capsys.readouterr().err
+    )
+    assert main([str(runs), "--experiment", "dohare2024-rl-hopper", "--out", str(out),
+                 "--include-unfinished"]) == 0  # fmt: skip
+    table = (out / "results.md").read_text()
+    assert "| ppo | 3 | 200 [100, 300] |" in table and "Left out" not in table
+    for seed in range(3):
+        (runs / f"ppo__s{seed}" / "status.json").write_text('{"state": "running"}')
+    for seed in range(3):
+        (runs / f"ppo-cbp-l2__s{seed}" / "status.json").write_text('{"state": "failed"}')
+    assert main([str(runs), "--out", str(out)]) == 2
+    assert "allowed: a directory containing finished runs (its 6 runs are not finished" in (
+        capsys.readouterr().err
+    )
+
+
 def supervised_runs(root: Path) -> None:
     """Two learning rates x 2 seeds of one preset, named as the training script names runs."""
     for lr, level in ((0.01, 60.0), (0.001, 40.0)):

@@ -8,6 +8,7 @@ the pruning curve when there are any) and the table has the default final number
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,7 @@ def write_report(
     out_dir: Path,
     experiment: Experiment | None = None,
     metrics: Sequence[str] = (),
+    include_unfinished: bool = False,
 ) -> list[Path]:
     """Draw the figures and write ``results.md`` for the runs under ``runs_dir``.
 
@@ -106,6 +108,10 @@ def write_report(
         out_dir: where the PNG/PDF figures and ``results.md`` go.
         experiment: its figures, table columns, published numbers and setting order.
         metrics: TensorBoard tags to plot instead of the experiment's figures.
+        include_unfinished: also use runs whose ``status.json`` says they have not finished
+            (running, interrupted, failed: :attr:`Run.unfinished`). By default they are left
+            out, named on stderr and in ``results.md``, so that a table made while a sweep runs
+            does not mix partial runs into its means.
 
     Returns:
         The files written. Runs of both kinds (RL and supervised) get one report each, in
@@ -113,20 +119,32 @@ def write_report(
     """
     runs = find_runs(runs_dir)
     require(bool(runs), "RUNS_DIR", str(runs_dir), "a directory containing run directories")
+    left_out: list[Run] = []
+    if not include_unfinished:
+        left_out = [r for r in runs if r.unfinished]
+        runs = [r for r in runs if not r.unfinished]
+        allowed = (f"a directory containing finished runs (its {len(left_out)} runs are not "
+                   "finished; --include-unfinished uses them)")  # fmt: skip
+        require(bool(runs), "RUNS_DIR", str(runs_dir), allowed)
+        for run in left_out:
+            print(f"warning: left out {run.path} ({run.unfinished})", file=sys.stderr)
     kinds = sorted({r.kind for r in runs})
     if len(kinds) == 1:
-        return _write_kind_report(runs, kinds[0], runs_dir, out_dir, experiment, metrics)
+        return _write_kind_report(runs, kinds[0], runs_dir, out_dir, experiment, metrics,
+                                  left_out)  # fmt: skip
     written: list[Path] = []
     for kind in kinds:  # the experiment (figures, published numbers) goes to its own kind
         own = experiment if experiment is not None and experiment.script == kind else None
         of_kind = [r for r in runs if r.kind == kind]
-        written += _write_kind_report(of_kind, kind, runs_dir, out_dir / kind, own, metrics)
+        left_of_kind = [r for r in left_out if r.kind == kind]
+        written += _write_kind_report(of_kind, kind, runs_dir, out_dir / kind, own, metrics,
+                                      left_of_kind)  # fmt: skip
     return written
 
 
 def _write_kind_report(runs: Sequence[Run], kind: str, runs_dir: Path, out_dir: Path,
-                       experiment: Experiment | None,
-                       metrics: Sequence[str]) -> list[Path]:  # fmt: skip
+                       experiment: Experiment | None, metrics: Sequence[str],
+                       left_out: Sequence[Run]) -> list[Path]:  # fmt: skip
     """:func:`write_report` for runs of one kind."""
     groups = group_runs(runs, experiment.settings if experiment else ())
     plot_spec = experiment.plot if experiment else {}
@@ -147,6 +165,9 @@ def _write_kind_report(runs: Sequence[Run], kind: str, runs_dir: Path, out_dir: 
     )
     if experiment:
         table += f"\nScale {experiment.scale}: {experiment.budget}\n"
+    if left_out:
+        names = ", ".join(f"`{r.path.name}` ({r.unfinished})" for r in left_out)
+        table += f"\nLeft out, not finished ({len(left_out)} runs): {names}.\n"
     path = out_dir / "results.md"
     out_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(table)

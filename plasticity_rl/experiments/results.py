@@ -30,6 +30,7 @@ import numpy as np
 from plasticity_rl.config import fill_defaults, load_yaml
 from plasticity_rl.metrics.summary import bootstrap_ci
 from plasticity_rl.registry import ConfigError, require
+from plasticity_rl.rundir import FINISHED_STATES
 
 ALIGN_POINTS = 500
 GROUPING_IGNORED_KEYS = ("seed", "data_dir")
@@ -67,6 +68,20 @@ class Run:
     @property
     def seed(self) -> int:
         return int(self.config.get("seed", 0))
+
+    @property
+    def unfinished(self) -> str | None:
+        """Why the run is not finished, from its ``status.json`` (``"running at 301,056 env
+        steps"``); None when it is: complete or diverged, ``results.json`` written, or no
+        status at all (runs made before ``status.json`` existed count as finished)."""
+        if self.results is not None or self.status is None:
+            return None
+        state = self.status.get("state")
+        if state in FINISHED_STATES:
+            return None
+        steps = self.status.get("env_steps", self.status.get("step"))
+        unit = "env steps" if "env_steps" in self.status else "steps"
+        return f"{state}" + (f" at {steps:,} {unit}" if isinstance(steps, int) else "")
 
     @cached_property
     def _events(self) -> Any:

@@ -65,7 +65,13 @@ from plasticity_rl.config import REPO_ROOT, fill_defaults
 from plasticity_rl.experiments.results import flatten
 from plasticity_rl.experiments.spec import Experiment, Trial, resolve_trial, script
 from plasticity_rl.registry import ConfigError
-from plasticity_rl.rundir import CHECKPOINT, RunLock, lock_holder, read_status
+from plasticity_rl.rundir import (
+    CHECKPOINT,
+    FINISHED_STATES,
+    RunLock,
+    lock_holder,
+    read_status,
+)
 
 TRIAL_LOG = "trial.log"
 TRIAL_LOCK = "trial.pid"
@@ -145,7 +151,7 @@ def run_is_complete(run_dir: Path) -> bool:
     again), or ``results.json`` exists."""
     if (run_dir / "results.json").is_file():
         return True
-    return read_status(run_dir).get("state") in ("complete", "diverged")
+    return read_status(run_dir).get("state") in FINISHED_STATES
 
 
 def run_state(run_dir: Path, evaluate: Mapping[str, Any]) -> str:
