@@ -338,7 +338,7 @@ def test_a_trial_another_sweep_runs_is_skipped_and_its_lock_is_released(tmp_path
                         lambda script: pytest.fail("the script ran"))  # fmt: skip
     outcome = run_trial(job)
     assert outcome.status == "skipped"
-    assert outcome.message == f"another sweep runs bp__s1 (process {os.getppid()})"
+    assert outcome.message == f"another sweep runs bp__s1 (process {os.getppid()} holds {lock})"
     assert (logdir / "reg" / "bp__s1" / "config.yaml").is_file()  # nothing deleted
     # a lock whose process is gone is taken over; the lock is held while the script runs and
     # released after it

@@ -430,7 +430,8 @@ def run_trial(job: TrialJob) -> TrialOutcome:
                 locks.enter_context(RunLock(run_dir.parent, lock))
             except ConfigError:
                 holder = lock_holder(run_dir.parent, lock)
-                message = f"another sweep runs {run_dir.name} (process {holder})"
+                message = (f"another sweep runs {run_dir.name} (process {holder} holds "
+                           f"{run_dir.parent / lock})")  # fmt: skip
                 return TrialOutcome(job.name, "skipped", job.run_dirs, message=message)
         changed = state_change(job)
         if changed:
