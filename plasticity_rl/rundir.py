@@ -225,7 +225,8 @@ class RunLock:
     """``run.pid`` in a run directory while a process trains it; a second process is refused.
 
     A lock left by a process that no longer exists (``kill -9``) is taken over. ``lock`` names
-    another lock file in ``run_dir`` (a sweep's trial lock beside the run directories).
+    another lock file in ``run_dir`` (a sweep's trial lock beside the run directories). After a
+    refusal, :attr:`holder` is the process id that held the lock.
 
     Raises:
         ConfigError: another live process holds the lock (key ``run directory``).
@@ -233,6 +234,7 @@ class RunLock:
 
     def __init__(self, run_dir: Path, lock: str = LOCK):
         self.path = run_dir / lock
+        self.holder: int | None = None
 
     def __enter__(self) -> RunLock:
         for _ in range(2):
@@ -241,6 +243,7 @@ class RunLock:
             except FileExistsError:
                 pid = lock_holder(self.path.parent, self.path.name)
                 if pid is not None:
+                    self.holder = pid
                     raise ConfigError("run directory", str(self.path.parent),
                                       f"one not being trained (process {pid} holds "
                                       f"{self.path})") from None  # fmt: skip

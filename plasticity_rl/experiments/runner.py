@@ -425,13 +425,12 @@ def run_trial(job: TrialJob) -> TrialOutcome:
     with contextlib.ExitStack() as locks:
         for run_dir in job.run_dirs:
             run_dir.parent.mkdir(parents=True, exist_ok=True)
-            lock = f"{run_dir.name}.{TRIAL_LOCK}"
+            lock = RunLock(run_dir.parent, f"{run_dir.name}.{TRIAL_LOCK}")
             try:
-                locks.enter_context(RunLock(run_dir.parent, lock))
+                locks.enter_context(lock)
             except ConfigError:
-                holder = lock_holder(run_dir.parent, lock)
-                message = (f"another sweep runs {run_dir.name} (process {holder} holds "
-                           f"{run_dir.parent / lock})")  # fmt: skip
+                message = (f"another sweep runs {run_dir.name} (process {lock.holder} holds "
+                           f"{lock.path})")  # fmt: skip
                 return TrialOutcome(job.name, "skipped", job.run_dirs, message=message)
         changed = state_change(job)
         if changed:
